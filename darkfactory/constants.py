@@ -1,0 +1,42 @@
+"""Names defined once: task queues, search attributes, defaults, branch layout."""
+
+from __future__ import annotations
+
+TASK_QUEUE = "darkfactory"
+"""The task queue workflows and activities run on (one queue until resource classes split it)."""
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+"""The Claude model used when `--model` is not given."""
+
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+DEFAULT_UI_PORT = 8233
+DEFAULT_NAMESPACE = "default"
+
+# Search attributes (DESIGN §5): registered on the embedded server and upserted by workflows.
+SA_STATUS = "FactoryStatus"
+"""Keyword: the run's phase or the task's state."""
+SA_NEEDS_REVIEW = "FactoryNeedsReview"
+"""Bool: true while a person must answer."""
+SA_REPO = "FactoryRepo"
+"""Keyword: the target repository's path."""
+SEARCH_ATTRIBUTES: dict[str, str] = {SA_STATUS: "Keyword", SA_NEEDS_REVIEW: "Bool", SA_REPO: "Keyword"}
+"""Name -> Temporal indexed value type, as `temporal server start-dev --search-attribute` spells it."""
+
+GIT_AUTHOR_NAME = "darkfactory"
+GIT_AUTHOR_EMAIL = "factory@darkfactory.invalid"
+
+
+def integration_branch(run_id: str) -> str:
+    return f"factory/{run_id}/integration"
+
+
+def task_branch(run_id: str, task_id: str) -> str:
+    return f"factory/{run_id}/{task_id}"
+
+
+def run_workflow_id(run_id: str) -> str:
+    return f"run-{run_id}" if not run_id.startswith("run-") else run_id
+
+
+def task_workflow_id(run_id: str, task_id: str) -> str:
+    return f"{run_workflow_id(run_id)}-task-{task_id}"

@@ -1,0 +1,507 @@
+"""Pydantic models that cross every boundary: activity inputs and results, workflow state, queries.
+
+They travel through Temporal's pydantic data converter, so they must stay small (ids, shas, blob refs,
+short summaries) and must not build clocks or random values in defaults: workflows construct some of them.
+One input model per activity keeps fields addable without breaking recorded histories.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Frozen(BaseModel):
+    """Immutable value crossing a boundary; unknown fields are refused so typos fail loudly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------
+# Blobs
+
+
+class BlobRef(Frozen):
+    """A claim check for a content-addressed blob (transcript, log, diff)."""
+
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the content; also its address in the store."""
+    size: int
+    """Length of the content in bytes."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Models (the Messages API shape)
+
+
+class Usage(Frozen):
+    """Token usage of one or more model calls, including prompt-cache tokens."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    calls: int = 0
+    """How many model calls this usage covers."""
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
+            calls=self.calls + other.calls,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
+
+
+CallPurpose = Literal["plan", "agent", "review"]
+
+
+class CallContext(Frozen):
+    """Where a model call sits in a run. Clients may use it for logging; the scripted client keys on it."""
+
+    purpose: CallPurpose
+    run_id: str
+    task_id: str | None = None
+    attempt: int = 0
+    turn: int = 0
+
+    @property
+    def key(self) -> str:
+        if self.purpose == "plan":
+            return "plan"
+        return f"{self.purpose}:{self.task_id}:{self.attempt}:{self.turn}"
+
+
+class ModelRequest(Frozen):
+    """One Messages API request. `messages` and `tools` are Messages API JSON, passed through as-is."""
+
+    model: str
+    system: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: dict[str, Any] | None = None
+    max_tokens: int = 8192
+
+
+class ModelResponse(Frozen):
+    """One Messages API response, reduced to what the factory uses."""
+
+    id: str
+    model: str
+    content: list[dict[str, Any]]
+    """Content blocks as Messages API JSON (`text`, `tool_use`, ...)."""
+    stop_reason: str | None
+    usage: Usage
+    scripted: bool = False
+    """True when the answer came from a recorded transcript, not a model."""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=block["id"], name=block["name"], input=dict(block.get("input") or {}))
+            for block in self.content
+            if block.get("type") == "tool_use"
+        ]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(block.get("text", "") for block in self.content if block.get("type") == "text")
+
+
+class ToolCall(Frozen):
+    """A tool_use block the model asked for."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolOutcome(Frozen):
+    """What one tool call did, for the audit trail and the UI (the full text is in the transcript)."""
+
+    tool_use_id: str
+    name: str
+    summary: str
+    is_error: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans
+
+
+TaskType = Literal["feature", "bugfix", "refactor", "test", "docs"]
+
+
+class PlannedTask(Frozen):
+    """One unit of work the planner hands to a coding agent."""
+
+    id: str = Field(pattern=TASK_ID_PATTERN)
+    """Short slug, unique within the plan, e.g. `add-slugify`."""
+    title: str = Field(min_length=1, max_length=200)
+    instructions: str = Field(min_length=1)
+    """What the coding agent must do, self-contained."""
+    type: TaskType = "feature"
+    depends_on: list[str] = Field(default_factory=list)
+    """Ids of tasks that must be merged before this one starts."""
+    scope: list[str] = Field(default_factory=list)
+    """Path globs the task is expected to touch (hints now; enforced by governance later)."""
+    acceptance: list[str] = Field(default_factory=list)
+    """Acceptance criteria in plain words."""
+
+
+class Plan(Frozen):
+    """The planner's answer: a summary and a DAG of tasks."""
+
+    summary: str = Field(min_length=1)
+    tasks: list[PlannedTask] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration of a run
+
+
+ShipMode = Literal["branch", "merge"]
+
+
+class Timeouts(Frozen):
+    """Activity timeouts in seconds. Tight heartbeats make a dead worker cost seconds, not minutes."""
+
+    model_call_s: float = 300.0
+    """Start-to-close of one model call."""
+    heartbeat_s: float = 20.0
+    """Heartbeat timeout of long activities; a killed worker's step is retried after this."""
+    tools_s: float = 300.0
+    """Start-to-close of one batch of tool calls."""
+    gates_s: float = 1800.0
+    """Start-to-close of one gate run (tests included)."""
+    git_s: float = 120.0
+    """Start-to-close of git bookkeeping steps (prepare, open, merge, ship)."""
+
+
+class RunConfig(Frozen):
+    """Everything that shapes a run, fixed when it starts (workflows read no environment)."""
+
+    model: str
+    """A Claude model name, or `scripted:/path/to/transcript.json`."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per task before it ends `failed`."""
+    max_turns: int = Field(default=30, ge=1, le=500)
+    """Model turns per attempt."""
+    max_tokens: int = Field(default=8192, ge=256)
+    """`max_tokens` of each model call."""
+    ship: ShipMode = "branch"
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    test_command: list[str] | None = None
+    """The target's test command (argv). None: `python -m pytest -q`."""
+    setup_commands: list[list[str]] | None = None
+    """Commands (argv) that install the target's test environment after the venv exists. None: defaults."""
+
+    @property
+    def scripted(self) -> bool:
+        return self.model.startswith("scripted:")
+
+
+class RunRequest(Frozen):
+    """What a person (or schedule, or webhook) hands in."""
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    repo_path: str = Field(min_length=1)
+    """Absolute path of the target git repository, reachable from every worker."""
+    spec: str
+    base_branch: str = "main"
+    config: RunConfig
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the spec is empty: give a file with content or a non-blank --spec-text")
+        return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Gates
+
+
+GateName = Literal["syntax", "lint", "tests"]
+
+
+class GateResult(Frozen):
+    """One deterministic gate's verdict on one commit. Binary: scores are not verdicts."""
+
+    gate: GateName
+    passed: bool
+    summary: str
+    """One line for people and the UI."""
+    feedback: str = ""
+    """Compact failure text for the next attempt's prompt (bounded in size); empty when passed."""
+    details_ref: BlobRef | None = None
+    """Full output in the blob store."""
+    duration_s: float = 0.0
+
+
+class GateReport(Frozen):
+    """The gates run on one commit, cheapest first, stopping at the first failure."""
+
+    sha: str
+    results: list[GateResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    @property
+    def feedback(self) -> str:
+        return "\n\n".join(
+            f"## Gate `{r.gate}` failed: {r.summary}\n{r.feedback}".rstrip()
+            for r in self.results
+            if not r.passed
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Activity inputs and results
+
+
+class PrepareRunInput(Frozen):
+    run_id: str
+    repo_path: str
+    base_branch: str
+
+
+class PreparedRun(Frozen):
+    base_sha: str
+    integration_branch: str
+    integration_sha: str
+
+
+class PlanInput(Frozen):
+    run_id: str
+    repo_path: str
+    base_sha: str
+    spec: str
+    config: RunConfig
+
+
+class PlanResult(Frozen):
+    plan: Plan
+    usage: Usage
+    transcript_ref: BlobRef
+    scripted: bool = False
+
+
+class OpenWorkspaceInput(Frozen):
+    run_id: str
+    task_id: str
+    repo_path: str
+    base_sha: str
+
+
+class WorkspaceRef(Frozen):
+    """A task's workspace: its branch and the sha it stands at. A worktree on disk is only a cache."""
+
+    repo_path: str
+    run_id: str
+    task_id: str
+    branch: str
+    sha: str
+
+
+class AttemptBrief(Frozen):
+    """What the first request of an attempt is built from."""
+
+    spec: str
+    task: PlannedTask
+    attempt: int
+    max_attempts: int
+    feedback: str = ""
+    """Compact failure text from the previous attempt's gates; empty on attempt 1."""
+
+
+class AgentTurnInput(Frozen):
+    run_id: str
+    task_id: str
+    attempt: int
+    turn: int
+    config: RunConfig
+    transcript_ref: BlobRef | None
+    """None on the first turn of an attempt: the activity builds the first request from `brief`."""
+    brief: AttemptBrief | None = None
+
+
+class AgentTurnResult(Frozen):
+    transcript_ref: BlobRef
+    """The transcript with the model's answer appended."""
+    stop_reason: str | None
+    tool_calls: list[ToolCall]
+    text: str
+    """The model's text this turn, truncated for history."""
+    usage: Usage
+    scripted: bool = False
+
+
+class RunToolsInput(Frozen):
+    run_id: str
+    task_id: str
+    attempt: int
+    turn: int
+    workspace: WorkspaceRef
+    transcript_ref: BlobRef
+    tool_calls: list[ToolCall]
+    commit_time: int
+    """Unix time used as the snapshot commit's date, fixed by the workflow so a retry yields the same sha."""
+
+
+class RunToolsResult(Frozen):
+    transcript_ref: BlobRef
+    """The transcript with the tool results appended."""
+    sha: str
+    """The workspace snapshot after the calls (unchanged when nothing was written)."""
+    outcomes: list[ToolOutcome]
+
+
+class RunGatesInput(Frozen):
+    run_id: str
+    task_id: str
+    attempt: int
+    repo_path: str
+    sha: str
+    base_sha: str
+    """The commit the change is measured against (which files it touched)."""
+    config: RunConfig
+
+
+class MergeTaskInput(Frozen):
+    run_id: str
+    task_id: str
+    title: str
+    repo_path: str
+    integration_branch: str
+    task_sha: str
+    commit_time: int
+
+
+class MergeResult(Frozen):
+    merged: bool
+    integration_sha: str
+    conflict: str = ""
+    """Conflicting paths when `merged` is False."""
+
+
+class ShipInput(Frozen):
+    run_id: str
+    repo_path: str
+    base_branch: str
+    base_sha: str
+    integration_branch: str
+    integration_sha: str
+    mode: ShipMode
+
+
+class ShipResult(Frozen):
+    mode: ShipMode
+    shipped_sha: str
+    target: str
+    """What now carries the result: the branch name."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks and runs
+
+
+TaskOutcome = Literal["passed", "failed"]
+TerminalState = Literal["merged", "failed", "rejected", "cancelled"]
+TaskState = Literal["pending", "running", "merged", "failed", "rejected", "cancelled"]
+
+
+class AttemptRecord(Frozen):
+    attempt: int
+    turns: int
+    final_sha: str
+    stop: Literal["end_turn", "turn_limit"]
+    gates: list[GateResult]
+    usage: Usage
+    transcript_ref: BlobRef | None
+
+
+class TaskInput(Frozen):
+    run_id: str
+    repo_path: str
+    spec: str
+    task: PlannedTask
+    base_sha: str
+    """The integration head the task branches from."""
+    config: RunConfig
+
+
+class TaskResult(Frozen):
+    task_id: str
+    outcome: TaskOutcome
+    final_sha: str | None
+    base_sha: str
+    attempts: list[AttemptRecord]
+    reason: str
+    usage: Usage
+
+
+class TaskSummary(Frozen):
+    id: str
+    title: str
+    state: TaskState
+    reason: str = ""
+    attempts: int = 0
+    gates: list[GateResult] = Field(default_factory=list)
+    """The last attempt's gate results."""
+    merged_sha: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+RunPhase = Literal["preparing", "planning", "running", "verifying", "shipping", "shipped", "failed"]
+
+
+class RunState(Frozen):
+    """Live state of a run, answered by the `status` query; the last one is the run summary."""
+
+    run_id: str
+    repo_path: str
+    base_branch: str
+    model: str
+    scripted: bool
+    phase: RunPhase
+    integration_branch: str | None = None
+    base_sha: str | None = None
+    plan_summary: str = ""
+    tasks: list[TaskSummary] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    ship_mode: ShipMode = "branch"
+    shipped_sha: str | None = None
+    final_gates: list[GateResult] = Field(default_factory=list)
+    error: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "shipped" and all(task.state == "merged" for task in self.tasks)
+
+
+RunSummary = RunState
+
+
+def slugify_run_id(text: str) -> str:
+    """A run id fragment from free text: lowercase, dashes, bounded."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:40] or "run"
