@@ -60,12 +60,7 @@ class Usage(Frozen):
 
     @property
     def total_tokens(self) -> int:
-        return (
-            self.input_tokens
-            + self.output_tokens
-            + self.cache_creation_input_tokens
-            + self.cache_read_input_tokens
-        )
+        return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
 CallPurpose = Literal["plan", "agent", "review"]
@@ -268,9 +263,7 @@ class GateReport(Frozen):
     @property
     def feedback(self) -> str:
         return "\n\n".join(
-            f"## Gate `{r.gate}` failed: {r.summary}\n{r.feedback}".rstrip()
-            for r in self.results
-            if not r.passed
+            f"## Gate `{r.gate}` failed: {r.summary}\n{r.feedback}".rstrip() for r in self.results if not r.passed
         )
 
 
@@ -329,6 +322,9 @@ class AttemptBrief(Frozen):
     task: PlannedTask
     attempt: int
     max_attempts: int
+    repo_path: str
+    sha: str
+    """The workspace sha the attempt starts from (for the repository listing)."""
     feedback: str = ""
     """Compact failure text from the previous attempt's gates; empty on attempt 1."""
 

@@ -1,0 +1,34 @@
+"""Turns domain errors into Temporal's: one place decides what is retryable.
+
+Business failures (bad input, an invalid plan, a 400 from the model) are non-retryable; transient ones
+(rate limits, overload, timeouts, a malformed body) are retried by Temporal, with the server's
+`retry-after` as the next delay. The SDK's own retries are off, so there is exactly one retry owner.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.exceptions import ApplicationError
+
+from darkfactory.llm import ModelCallError
+
+INVALID_TARGET = "InvalidTarget"
+INVALID_PLAN = "InvalidPlan"
+SHIP_REFUSED = "ShipRefused"
+ENVIRONMENT_SETUP = "EnvironmentSetupFailed"
+
+
+def model_error(exc: ModelCallError) -> ApplicationError:
+    delay = timedelta(seconds=exc.retry_after_s) if exc.retryable and exc.retry_after_s else None
+    return ApplicationError(
+        str(exc),
+        {"kind": exc.kind, "status": exc.status},
+        type=f"Model.{exc.kind}",
+        non_retryable=not exc.retryable,
+        next_retry_delay=delay,
+    )
+
+
+def business_error(kind: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)

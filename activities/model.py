@@ -1,0 +1,143 @@
+"""Model activities: the planner call and one agent turn. Each is exactly one model call.
+
+The transcript lives in the blob store; an activity reads it by ref, appends the answer and writes a new
+blob. A retry therefore repeats at most the one call in flight, never the conversation before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.context import heartbeating
+from activities.errors import INVALID_PLAN, business_error, model_error
+from darkfactory import prompts
+from darkfactory.blobs import BlobStore
+from darkfactory.contracts import (
+    AgentTurnInput,
+    AgentTurnResult,
+    CallContext,
+    ModelRequest,
+    ModelResponse,
+    Plan,
+    PlanInput,
+    PlanResult,
+)
+from darkfactory.llm import ModelCallError, ModelClient
+from darkfactory.plan import PlanError, validate_plan
+from darkfactory.workspace import GitRun
+
+log = structlog.get_logger(__name__)
+TEXT_IN_HISTORY = 2000
+"""Characters of the model's text kept in workflow history per turn; the full text is in the transcript."""
+
+
+class ModelActivities:
+    """Activities that call a model. `client_for` maps a RunConfig.model string to a client."""
+
+    def __init__(self, client_for: Callable[[str], ModelClient], blobs: BlobStore) -> None:
+        self._client_for = client_for
+        self._blobs = blobs
+
+    async def _call(self, request: ModelRequest, context: CallContext, heartbeat_s: float) -> ModelResponse:
+        client = self._client_for(request.model)
+        try:
+            async with heartbeating(max(heartbeat_s / 3, 0.5)):
+                response = await client.create(request, context)
+        except ModelCallError as exc:
+            log.warning("model_call_failed", kind=exc.kind, retryable=exc.retryable, status=exc.status)
+            raise model_error(exc) from exc
+        log.info(
+            "model_call",
+            purpose=context.purpose,
+            scripted=response.scripted,
+            stop_reason=response.stop_reason,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            cache_read=response.usage.cache_read_input_tokens,
+        )
+        return response
+
+    @activity.defn
+    async def plan_run(self, input: PlanInput) -> PlanResult:
+        files = tracked_files(input.repo_path, input.base_sha)
+        readme = _readme(input.repo_path, input.base_sha, files)
+        request = prompts.planner_request(input.config.model, input.spec, files, readme, input.config.max_tokens)
+        context = CallContext(purpose="plan", run_id=input.run_id)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        transcript = self._blobs.put_json(
+            {
+                "system": request.system,
+                "messages": [*request.messages, {"role": "assistant", "content": response.content}],
+            }
+        )
+        calls = [call for call in response.tool_calls if call.name == prompts.SUBMIT_PLAN_TOOL]
+        if not calls:
+            raise business_error(INVALID_PLAN, "the planner answered without calling submit_plan; no plan to run")
+        try:
+            plan = Plan.model_validate(calls[0].input)
+            validate_plan(plan)
+        except ValidationError as exc:
+            raise business_error(INVALID_PLAN, f"the planner's plan is invalid: {_pydantic_problems(exc)}") from exc
+        except PlanError as exc:
+            raise business_error(INVALID_PLAN, f"the planner's plan is invalid: {exc}") from exc
+        return PlanResult(plan=plan, usage=response.usage, transcript_ref=transcript, scripted=response.scripted)
+
+    @activity.defn
+    async def agent_turn(self, input: AgentTurnInput) -> AgentTurnResult:
+        if input.transcript_ref is None:
+            if input.brief is None:
+                raise business_error("InvalidInput", "agent_turn needs a brief on an attempt's first turn")
+            files = tracked_files(input.brief.repo_path, input.brief.sha)
+            transcript = {
+                "system": prompts.agent_system(),
+                "messages": [{"role": "user", "content": prompts.agent_first_message(input.brief, files)}],
+            }
+        else:
+            transcript = self._blobs.get_json(input.transcript_ref)
+        request = ModelRequest(
+            model=input.config.model,
+            system=transcript["system"],
+            messages=transcript["messages"],
+            tools=prompts.agent_tools(),
+            max_tokens=input.config.max_tokens,
+        )
+        context = CallContext(
+            purpose="agent", run_id=input.run_id, task_id=input.task_id, attempt=input.attempt, turn=input.turn
+        )
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        updated = {
+            "system": transcript["system"],
+            "messages": [*transcript["messages"], {"role": "assistant", "content": response.content}],
+        }
+        return AgentTurnResult(
+            transcript_ref=self._blobs.put_json(updated),
+            stop_reason=response.stop_reason,
+            tool_calls=response.tool_calls,
+            text=response.text[:TEXT_IN_HISTORY],
+            usage=response.usage,
+            scripted=response.scripted,
+        )
+
+
+def tracked_files(repo_path: str, sha: str) -> list[str]:
+    out = GitRun(Path(repo_path))("ls-tree", "-r", "--name-only", sha)
+    return [line for line in out.splitlines() if line]
+
+
+def _readme(repo_path: str, sha: str, files: list[str]) -> str:
+    for name in ("README.md", "README.rst", "README.txt", "README"):
+        if name in files:
+            text = GitRun(Path(repo_path))("show", f"{sha}:{name}")
+            return "\n".join(text.splitlines()[:40])
+    return ""
+
+
+def _pydantic_problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'plan'}: {error['msg']}" for error in exc.errors()[:5]
+    )

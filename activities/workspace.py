@@ -1,0 +1,137 @@
+"""Git activities: prepare a run, open a task's workspace, run the agent's tools, merge, ship, release.
+
+Sync functions run in the worker's thread pool (git and tools block). Each is idempotent for its input:
+the sha in the input is the state; a worktree is reset to it before anything happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import structlog
+from darkfactory.agent_tools import AgentTools
+from temporalio import activity
+
+from activities.context import heartbeat_ticker
+from activities.errors import INVALID_TARGET, SHIP_REFUSED, business_error
+from darkfactory import workspace
+from darkfactory.blobs import BlobStore
+from darkfactory.contracts import (
+    MergeResult,
+    MergeTaskInput,
+    OpenWorkspaceInput,
+    PreparedRun,
+    PrepareRunInput,
+    RunToolsInput,
+    RunToolsResult,
+    ShipInput,
+    ShipResult,
+    ToolOutcome,
+    WorkspaceRef,
+)
+from darkfactory.settings import FactorySettings
+from darkfactory.target_env import TargetEnvError, ensure_target_env
+
+log = structlog.get_logger(__name__)
+
+
+class WorkspaceActivities:
+    def __init__(self, settings: FactorySettings, blobs: BlobStore) -> None:
+        self._settings = settings
+        self._blobs = blobs
+
+    def worktree_path(self, run_id: str, name: str) -> Path:
+        return self._settings.worktrees_dir / run_id / name
+
+    @activity.defn
+    def prepare_run(self, input: PrepareRunInput) -> PreparedRun:
+        try:
+            prepared = workspace.prepare_run(input.repo_path, input.run_id, input.base_branch)
+        except workspace.TargetError as exc:
+            raise business_error(INVALID_TARGET, str(exc)) from exc
+        log.info("run_prepared", base_sha=prepared.base_sha, branch=prepared.integration_branch)
+        return prepared
+
+    @activity.defn
+    def open_workspace(self, input: OpenWorkspaceInput) -> WorkspaceRef:
+        return workspace.open_task_branch(input.repo_path, input.run_id, input.task_id, input.base_sha)
+
+    @activity.defn
+    def run_tools(self, input: RunToolsInput) -> RunToolsResult:
+        tick = heartbeat_ticker()
+        ws = input.workspace
+        worktree = workspace.ensure_worktree(ws.repo_path, self.worktree_path(ws.run_id, ws.task_id), ws.sha)
+        readonly = [workspace.git_dir(worktree)]
+        path_prefix: list[Path] = []
+        try:
+            env = ensure_target_env(worktree, self._settings.envs_dir, on_tick=tick)
+            path_prefix.append(env.bin_dir)
+            readonly.extend(env.readonly_paths)
+        except TargetEnvError as exc:
+            # The agent can still edit files; its commands run without the target's packages.
+            log.warning("target_env_unavailable", error=str(exc)[:500])
+        tools = AgentTools(worktree, command_path_prefix=path_prefix, command_readonly_paths=readonly, on_tick=tick)
+        transcript = self._blobs.get_json(input.transcript_ref)
+        results: list[dict[str, object]] = []
+        outcomes: list[ToolOutcome] = []
+        wrote = False
+        for call in input.tool_calls:
+            execution = tools.execute(call)
+            wrote = wrote or execution.wrote
+            results.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": call.id,
+                    "content": execution.content,
+                    "is_error": execution.is_error,
+                }
+            )
+            outcomes.append(
+                ToolOutcome(tool_use_id=call.id, name=call.name, summary=execution.summary, is_error=execution.is_error)
+            )
+            log.info("tool_call", tool=call.name, summary=execution.summary, is_error=execution.is_error)
+            tick()
+        sha = ws.sha
+        if wrote:
+            message = f"factory: {ws.task_id} attempt {input.attempt} turn {input.turn}"
+            sha = workspace.snapshot(worktree, ws, message, input.commit_time)
+        transcript["messages"] = [*transcript["messages"], {"role": "user", "content": results}]
+        return RunToolsResult(transcript_ref=self._blobs.put_json(transcript), sha=sha, outcomes=outcomes)
+
+    @activity.defn
+    def merge_task(self, input: MergeTaskInput) -> MergeResult:
+        result = workspace.merge_task(
+            input.repo_path,
+            input.integration_branch,
+            input.task_sha,
+            f"{input.task_id}: {input.title}",
+            f"{input.run_id}/{input.task_id}",
+            input.commit_time,
+        )
+        log.info(
+            "task_merged" if result.merged else "merge_conflict", sha=result.integration_sha, conflict=result.conflict
+        )
+        return result
+
+    @activity.defn
+    def ship_run(self, input: ShipInput) -> ShipResult:
+        try:
+            return workspace.ship(
+                input.repo_path,
+                input.mode,
+                input.base_branch,
+                input.base_sha,
+                input.integration_branch,
+                input.integration_sha,
+            )
+        except workspace.ShipError as exc:
+            raise business_error(SHIP_REFUSED, str(exc)) from exc
+
+    @activity.defn
+    def release_workspaces(self, input: PrepareRunInput) -> None:
+        """Drop the run's worktree caches; branches stay for inspection."""
+        root = self._settings.worktrees_dir / input.run_id
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        workspace.GitRun(Path(input.repo_path))("worktree", "prune")

@@ -1,0 +1,1 @@
+"""darkfactory: the domain library of the software dark factory. It knows nothing of Temporal."""

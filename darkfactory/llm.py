@@ -1,0 +1,599 @@
+"""The model seam: a `ModelClient` protocol, the Anthropic adapter, and scripted transcripts.
+
+The agent core depends only on `ModelClient`. `AnthropicClient` is the one place that knows the vendor
+SDK; it never retries (`max_retries=0`) because Temporal owns retries, and `classify_error` is the one
+table that says which failures are worth another attempt. `ScriptedClient` replays a JSON transcript so
+demos and tests run without a key; `context_from_request` lets an HTTP fake replay the same transcript
+from raw Messages API bodies.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Protocol, cast
+
+import anthropic
+from anthropic.types import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from darkfactory.contracts import CallContext, ModelRequest, ModelResponse, Usage
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = [
+    "PRICES_USD_PER_MTOK",
+    "AnthropicClient",
+    "ModelCallError",
+    "ModelClient",
+    "Price",
+    "ScriptedClient",
+    "ScriptedReply",
+    "ScriptedTranscript",
+    "TranscriptError",
+    "build_model_client",
+    "classify_error",
+    "context_from_request",
+    "estimate_cost_usd",
+]
+
+SCRIPTED_PREFIX = "scripted:"
+PLAN_TOOL_NAME = "submit_plan"
+REVIEW_TOOL_NAME = "submit_review"
+TASK_LINE = re.compile(r"^Task id: (\S+) · attempt (\d+)", re.MULTILINE)
+"""The first line of every agent prompt; the HTTP fake reads task and attempt from it."""
+
+
+class ModelClient(Protocol):
+    """Anything that answers one Messages API request."""
+
+    async def create(self, request: ModelRequest, context: CallContext) -> ModelResponse: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ModelCallError(Exception):
+    """A model call failed. `retryable` decides whether Temporal tries again; the message is safe to log."""
+
+    def __init__(
+        self,
+        message: str,
+        kind: str = "unexpected",
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        # All fields go into args so the exception pickles (process pools, Temporal failure converters).
+        super().__init__(message, kind, retryable, retry_after_s, status)
+        self.message = message
+        self.kind = kind
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelCallError(kind={self.kind!r}, retryable={self.retryable}, status={self.status}, "
+            f"retry_after_s={self.retry_after_s}, message={self.message!r})"
+        )
+
+
+_STATUS_TABLE: dict[int, tuple[str, bool]] = {
+    400: ("bad_request", False),
+    401: ("authentication", False),
+    # 402 is billing: only a person can fix it, like the 429 spend limits below.
+    402: ("spend_limit", False),
+    403: ("permission", False),
+    404: ("not_found", False),
+    # 408 and 409 are transient on the API side (request timeout, concurrent change); the SDK retries them.
+    408: ("timeout", True),
+    409: ("conflict", True),
+    413: ("request_too_large", False),
+    422: ("bad_request", False),
+    429: ("rate_limited", True),
+    431: ("request_too_large", False),
+    529: ("overloaded", True),
+}
+"""HTTP status -> (kind, retryable). Other 5xx are `server_error`, retryable; other 4xx are `bad_request`."""
+
+_SPEND_LIMIT_CODES = frozenset(
+    {
+        "enforced_spend_limit_reached",
+        "contract_spend_limit_reached",
+        "linked_organization_spend_limit_reached",
+        "linked_organization_billing_unavailable",
+    }
+)
+"""`error.details.error_code` values meaning money ran out: retrying only multiplies failed calls."""
+
+_EXCEPTION_TABLE: tuple[tuple[type[BaseException], str, bool, str], ...] = (
+    # APITimeoutError subclasses APIConnectionError, so it must come first.
+    (anthropic.APITimeoutError, "timeout", True, "the request timed out"),
+    (anthropic.APIConnectionError, "connection", True, "could not reach the API"),
+    # The SDK lets a 200 with an invalid JSON body escape as a bare JSONDecodeError (measured, SDK 2.12).
+    (json.JSONDecodeError, "malformed_response", True, "the API answered 200 with a body that is not JSON"),
+    (anthropic.APIResponseValidationError, "malformed_response", True, "the API answer has the wrong shape"),
+    (anthropic.CredentialsError, "authentication", False, "no usable Anthropic credentials"),
+)
+"""Non-HTTP failures -> (kind, retryable, safe description)."""
+
+_SECRET_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_PATTERN.sub("[redacted]", text)
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: `retry-after-ms` first (more precise), then `retry-after`."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify_error(exc: BaseException, *, secrets: Sequence[str] = ()) -> ModelCallError:
+    """Turn any failure of a model call into a `ModelCallError` from one table.
+
+    Unknown exceptions become kind `unexpected`, non-retryable: they are bugs on our side (a TypeError
+    while building the request, say), and retrying a bug only hides it behind backoff. The message never
+    carries request headers; `secrets` (and anything shaped like an Anthropic key) are redacted from it.
+    """
+    if isinstance(exc, ModelCallError):
+        return exc
+    if isinstance(exc, anthropic.APIStatusError):
+        return _classify_status(exc, secrets)
+    for exc_type, kind, retryable, description in _EXCEPTION_TABLE:
+        if isinstance(exc, exc_type):
+            cause = exc.__cause__ or exc.__context__
+            detail = f" ({type(cause).__name__})" if cause is not None else ""
+            if isinstance(exc, json.JSONDecodeError):
+                detail = f" ({exc.msg} at position {exc.pos})"
+            return ModelCallError(f"{kind}: {description}{detail}", kind=kind, retryable=retryable)
+    text = _redact(str(exc), secrets)[:300]
+    return ModelCallError(f"unexpected: {type(exc).__name__}: {text}", kind="unexpected", retryable=False)
+
+
+def _classify_status(exc: anthropic.APIStatusError, secrets: Sequence[str]) -> ModelCallError:
+    status = exc.status_code
+    if exc.error_code in _SPEND_LIMIT_CODES:
+        kind, retryable = "spend_limit", False
+    elif status in _STATUS_TABLE:
+        kind, retryable = _STATUS_TABLE[status]
+    elif status >= 500:
+        kind, retryable = "server_error", True
+    else:
+        kind, retryable = "bad_request", False
+    # Built from parts rather than str(exc): the SDK's text embeds the whole body.
+    parts = [f"{kind}: HTTP {status}"]
+    if exc.type:
+        parts.append(f" {exc.type}")
+    if exc.error_code:
+        parts.append(f" [{exc.error_code}]")
+    api_message = exc.api_message
+    if api_message is None and isinstance(exc.body, str):
+        api_message = exc.body  # not JSON (a proxy's HTML page, say): show its start
+    if api_message:
+        parts.append(f": {api_message[:500]}")
+    if exc.request_id:
+        parts.append(f" (request-id {exc.request_id})")
+    return ModelCallError(
+        _redact("".join(parts), secrets),
+        kind=kind,
+        retryable=retryable,
+        retry_after_s=_retry_after_s(exc.response.headers) if retryable else None,
+        status=status,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The Anthropic adapter
+
+
+class AnthropicClient:
+    """`ModelClient` over the Anthropic Messages API, with prompt caching on the stable prefix."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = 600.0,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> None:
+        # None lets the SDK read ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL itself, at first use.
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout_s = timeout_s
+        self._http_client = http_client
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    def __repr__(self) -> str:
+        # Never the key, not even masked: reprs end up in logs and tracebacks.
+        return f"AnthropicClient(base_url={self._base_url!r}, timeout_s={self._timeout_s})"
+
+    def _sdk(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            import httpx2  # the SDK's own HTTP library; only needed once a client exists
+
+            client = anthropic.AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                # A short connect timeout turns a dead endpoint into a quick, retryable failure.
+                timeout=httpx2.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+                # Temporal owns retries: SDK retries would multiply with Temporal's (SDK 3 x Temporal N).
+                max_retries=0,
+                http_client=self._http_client,
+            )
+            if client.api_key is None and client.auth_token is None and client.credentials is None:
+                raise ModelCallError(
+                    "authentication: no Anthropic credentials; set ANTHROPIC_API_KEY",
+                    kind="authentication",
+                    retryable=False,
+                )
+            self._client = client
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connections (a worker calls this on shutdown)."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def create(self, request: ModelRequest, context: CallContext) -> ModelResponse:
+        secrets = [self._api_key] if self._api_key else []
+        try:
+            sdk = self._sdk()
+            secrets = [s for s in (sdk.api_key, sdk.auth_token) if s]
+            message = await sdk.messages.create(**cast(Any, _request_kwargs(request)))
+        except Exception as exc:  # CancelledError is a BaseException and passes through untouched
+            raise classify_error(exc, secrets=secrets) from exc
+        try:
+            return _to_response(message)
+        except Exception as exc:
+            # The SDK validates leniently, so a body of the wrong shape surfaces only here.
+            raise ModelCallError(
+                f"malformed_response: the API answer has the wrong shape ({type(exc).__name__})",
+                kind="malformed_response",
+                retryable=True,
+            ) from exc
+
+
+def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
+    """`messages.create` arguments with cache breakpoints on the stable prefix (tools, then system).
+
+    The request is frozen and may be reused by the caller, so tools are copied, never mutated.
+    """
+    kwargs: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": request.messages,
+    }
+    if request.system:
+        # The API refuses empty text blocks, so an empty system prompt is left out altogether.
+        kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
+    if request.tools:
+        tools = [dict(tool) for tool in request.tools]
+        tools[-1]["cache_control"] = {"type": "ephemeral"}
+        kwargs["tools"] = tools
+    if request.tool_choice is not None:
+        kwargs["tool_choice"] = request.tool_choice
+    return kwargs
+
+
+def _to_response(message: Message) -> ModelResponse:
+    usage = message.usage
+    return ModelResponse(
+        id=message.id,
+        model=str(message.model),
+        content=[block.model_dump(mode="json", exclude_none=True) for block in message.content],
+        stop_reason=message.stop_reason,
+        usage=Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+            cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+            calls=1,
+        ),
+        scripted=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Scripted transcripts
+
+
+class TranscriptError(ValueError):
+    """A scripted transcript file cannot be read or is invalid; the message names the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScriptedText(_Strict):
+    type: Literal["text"]
+    text: str = Field(min_length=1)
+    """Non-empty: the API refuses an empty text block when the transcript is sent back."""
+
+
+class ScriptedToolUse(_Strict):
+    type: Literal["tool_use"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    input: dict[str, Any] = Field(default_factory=dict)
+    """Ids are not written in the file: they are derived from the call's key so replays match."""
+
+
+ScriptedBlock = Annotated[ScriptedText | ScriptedToolUse, Field(discriminator="type")]
+
+
+class ScriptedReply(_Strict):
+    """One recorded model answer."""
+
+    content: list[ScriptedBlock]
+    stop_reason: Literal["end_turn", "tool_use", "max_tokens"] | None = None
+    """Default: `tool_use` when the content has a tool_use block, else `end_turn`."""
+
+    @model_validator(mode="after")
+    def _tool_use_needs_a_call(self) -> ScriptedReply:
+        if self.stop_reason == "tool_use" and not any(b.type == "tool_use" for b in self.content):
+            raise ValueError("stop_reason is 'tool_use' but the content has no tool_use block")
+        return self
+
+    @property
+    def effective_stop_reason(self) -> str:
+        if self.stop_reason is not None:
+            return self.stop_reason
+        return "tool_use" if any(b.type == "tool_use" for b in self.content) else "end_turn"
+
+
+class _TranscriptFile(_Strict):
+    description: str = ""
+    plan: ScriptedReply | None = None
+    tasks: dict[str, list[list[ScriptedReply]]] = Field(default_factory=dict)
+    """task id -> attempts -> turns."""
+    reviews: dict[str, list[ScriptedReply]] = Field(default_factory=dict)
+    """task id -> one reply per attempt."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _estimate_tokens(payload: Any) -> int:
+    # About four characters a token: crude, but demo runs show plausible, non-zero usage and cost shapes.
+    return len(json.dumps(payload, sort_keys=True, ensure_ascii=False)) // 4
+
+
+class ScriptedTranscript:
+    """A validated transcript file; answers a call by its `CallContext`."""
+
+    def __init__(self, data: _TranscriptFile, path: Path) -> None:
+        self._data = data
+        self.path = path
+
+    @property
+    def description(self) -> str:
+        return self._data.description
+
+    @classmethod
+    def load(cls, path: Path) -> ScriptedTranscript:
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TranscriptError(f"cannot read scripted transcript {path}: {exc.strerror or exc}") from None
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problem = f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+            raise TranscriptError(f"scripted transcript {path} is not valid JSON: {problem}") from None
+        try:
+            data = _TranscriptFile.model_validate(parsed)
+        except ValidationError as exc:
+            problems = "\n".join(f"  {_where(err['loc'])}: {err['msg']}" for err in exc.errors())
+            raise TranscriptError(f"scripted transcript {path} is invalid:\n{problems}") from None
+        return cls(data, path)
+
+    def _reply_for(self, context: CallContext) -> ScriptedReply:
+        key = context.key
+        missing = f"scripted transcript {self.path} has no reply for {key}"
+        if context.purpose == "plan":
+            if self._data.plan is None:
+                raise ModelCallError(f"{missing}: it has no 'plan'", kind="script_exhausted")
+            return self._data.plan
+        task_id = context.task_id or ""
+        # Attempts and turns count from 1; 0 would silently index the last entry.
+        if context.attempt < 1 or (context.purpose == "agent" and context.turn < 1):
+            raise ModelCallError(f"{missing}: attempt and turn start at 1", kind="script_exhausted")
+        if context.purpose == "review":
+            reviews = self._data.reviews.get(task_id)
+            if reviews is None:
+                raise ModelCallError(f"{missing}: 'reviews' has no task {task_id!r}", kind="script_exhausted")
+            if context.attempt > len(reviews):
+                raise ModelCallError(
+                    f"{missing}: reviews[{task_id!r}] covers {len(reviews)} attempt(s)",
+                    kind="script_exhausted",
+                )
+            return reviews[context.attempt - 1]
+        attempts = self._data.tasks.get(task_id)
+        if attempts is None:
+            known = ", ".join(sorted(self._data.tasks)) or "none"
+            raise ModelCallError(
+                f"{missing}: 'tasks' has no task {task_id!r} (known: {known})", kind="script_exhausted"
+            )
+        if context.attempt > len(attempts):
+            raise ModelCallError(
+                f"{missing}: tasks[{task_id!r}] covers {len(attempts)} attempt(s)", kind="script_exhausted"
+            )
+        turns = attempts[context.attempt - 1]
+        if context.turn > len(turns):
+            raise ModelCallError(
+                f"{missing}: attempt {context.attempt} of {task_id!r} has {len(turns)} turn(s)",
+                kind="script_exhausted",
+            )
+        return turns[context.turn - 1]
+
+    def response_for(
+        self,
+        context: CallContext,
+        model: str,
+        *,
+        request: ModelRequest | Mapping[str, Any] | None = None,
+    ) -> ModelResponse:
+        """The recorded answer for `context`, with ids derived from `context.key` so replays match.
+
+        `model` is the model the caller asked for; the response says `scripted` so nobody mistakes it for
+        a real model's answer. `request` only feeds the input token estimate.
+        """
+        del model  # accepted for symmetry with the real client; a script answers the same for any model
+        reply = self._reply_for(context)
+        key = context.key
+        content: list[dict[str, Any]] = []
+        for index, block in enumerate(reply.content):
+            if isinstance(block, ScriptedToolUse):
+                tool_id = "toolu_" + _digest(f"{key}#{index}")[:20]
+                content.append({"type": "tool_use", "id": tool_id, "name": block.name, "input": block.input})
+            else:
+                content.append({"type": "text", "text": block.text})
+        if isinstance(request, ModelRequest):
+            request_payload: Any = request.model_dump(mode="json")
+        else:
+            request_payload = dict(request) if request is not None else None
+        return ModelResponse(
+            id="msg_scripted_" + _digest(f"response:{key}")[:20],
+            model="scripted",
+            content=content,
+            stop_reason=reply.effective_stop_reason,
+            usage=Usage(
+                input_tokens=_estimate_tokens(request_payload) if request_payload is not None else 0,
+                output_tokens=_estimate_tokens(content),
+                calls=1,
+            ),
+            scripted=True,
+        )
+
+
+class ScriptedClient:
+    """`ModelClient` that replays a transcript file, loaded once."""
+
+    def __init__(self, path: Path) -> None:
+        self.transcript = ScriptedTranscript.load(path)
+
+    def __repr__(self) -> str:
+        return f"ScriptedClient({self.transcript.path})"
+
+    async def create(self, request: ModelRequest, context: CallContext) -> ModelResponse:
+        return self.transcript.response_for(context, request.model, request=request)
+
+
+def _first_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                return cast(str, block["text"])
+    return ""
+
+
+def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallContext:
+    """The `CallContext` of a raw Messages API request body, so an HTTP fake can replay a transcript.
+
+    A `submit_plan` tool marks the planner; a `submit_review` tool marks a review. Otherwise it is an agent
+    turn: task and attempt come from the `Task id: <id> · attempt <n> of <m>` line that starts the first
+    user message, and the turn is one more than the assistant messages so far.
+    """
+    tools = body.get("tools") or []
+    tool_names = {tool.get("name") for tool in tools if isinstance(tool, dict)}
+    if PLAN_TOOL_NAME in tool_names:
+        return CallContext(purpose="plan", run_id=run_id)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("cannot derive the call context: the request has no messages")
+    first_user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+    if first_user is None:
+        raise ValueError("cannot derive the call context: the request has no user message")
+    match = TASK_LINE.search(_first_text(first_user.get("content")))
+    if match is None:
+        raise ValueError(
+            "cannot derive the call context: the first user message has no line like "
+            "'Task id: <task> · attempt <n> of <m>' and no submit_plan tool is offered"
+        )
+    task_id, attempt = match.group(1), int(match.group(2))
+    if REVIEW_TOOL_NAME in tool_names:
+        return CallContext(purpose="review", run_id=run_id, task_id=task_id, attempt=attempt)
+    turn = 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+    return CallContext(purpose="agent", run_id=run_id, task_id=task_id, attempt=attempt, turn=turn)
+
+
+def build_model_client(model: str) -> ModelClient:
+    """`scripted:/path/to/transcript.json` replays a file; anything else is a Claude model via the API."""
+    if model.startswith(SCRIPTED_PREFIX):
+        return ScriptedClient(Path(model[len(SCRIPTED_PREFIX) :]))
+    return AnthropicClient()
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost
+
+
+class Price(NamedTuple):
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write: float
+    cache_read: float
+
+
+PRICES_USD_PER_MTOK: dict[str, Price] = {
+    "claude-sonnet-4": Price(3.0, 15.0, 3.75, 0.30),
+    "claude-opus-4": Price(15.0, 75.0, 18.75, 1.50),
+    "claude-haiku-4": Price(1.0, 5.0, 1.25, 0.10),
+}
+"""Model-name prefix -> list price (5-minute cache writes). An estimate for dashboards, not an invoice."""
+
+
+def estimate_cost_usd(model: str, usage: Usage) -> float:
+    """List-price cost of `usage`; 0.0 for scripted runs and models missing from the table."""
+    price = next((p for prefix, p in PRICES_USD_PER_MTOK.items() if model.startswith(prefix)), None)
+    if price is None:
+        return 0.0
+    return (
+        usage.input_tokens * price.input
+        + usage.output_tokens * price.output
+        + usage.cache_creation_input_tokens * price.cache_write
+        + usage.cache_read_input_tokens * price.cache_read
+    ) / 1_000_000

@@ -1,0 +1,103 @@
+"""Builds the planner's and the coding agent's requests from the templates in `prompts/`.
+
+The stable prefix (system prompt, tool definitions, repository listing) comes first so prompt caching
+covers it; what changes per call (feedback, turns) comes after.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from darkfactory.agent_tools import tool_definitions
+from darkfactory.contracts import AttemptBrief, ModelRequest, Plan
+
+SUBMIT_PLAN_TOOL = "submit_plan"
+MAX_LISTED_FILES = 300
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("darkfactory", "prompts"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # prompts are plain text for a model, not HTML
+    )
+
+
+def render(template: str, **values: Any) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+def _listing(files: list[str]) -> tuple[list[str], bool]:
+    return files[:MAX_LISTED_FILES], len(files) > MAX_LISTED_FILES
+
+
+def plan_tool() -> dict[str, Any]:
+    """The tool the planner answers through; its schema is the Plan contract itself."""
+    return {
+        "name": SUBMIT_PLAN_TOOL,
+        "description": "Submit the plan: a summary and the tasks, with dependencies between them.",
+        "input_schema": inline_refs(Plan.model_json_schema()),
+    }
+
+
+def planner_request(model: str, spec: str, files: list[str], readme: str, max_tokens: int) -> ModelRequest:
+    listed, truncated = _listing(files)
+    return ModelRequest(
+        model=model,
+        system=render("planner_system.j2"),
+        messages=[
+            {
+                "role": "user",
+                "content": render("planner_user.j2", spec=spec, files=listed, truncated=truncated, readme=readme),
+            }
+        ],
+        tools=[plan_tool()],
+        tool_choice={"type": "tool", "name": SUBMIT_PLAN_TOOL},
+        max_tokens=max_tokens,
+    )
+
+
+def agent_system() -> str:
+    return render("agent_system.j2")
+
+
+def agent_first_message(brief: AttemptBrief, files: list[str]) -> str:
+    listed, truncated = _listing(files)
+    return render(
+        "agent_first.j2",
+        task=brief.task,
+        attempt=brief.attempt,
+        max_attempts=brief.max_attempts,
+        spec=brief.spec,
+        feedback=brief.feedback,
+        files=listed,
+        truncated=truncated,
+    )
+
+
+def agent_tools() -> list[dict[str, Any]]:
+    return tool_definitions()
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace `$ref`s into `$defs` by the definitions themselves: tool schemas are simplest self-contained."""
+    definitions = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved = resolve(schema)
+    assert isinstance(resolved, dict)
+    return resolved

@@ -1,0 +1,75 @@
+"""Rendering a run for people: live progress lines and the final summary (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from darkfactory.contracts import GateResult, RunState
+from darkfactory.llm import estimate_cost_usd
+
+TaskProgressFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+async def print_progress(console: Console, state: RunState, seen: dict[str, str], fetch: TaskProgressFetcher) -> None:
+    """Print what changed since the last call; `seen` remembers what was printed."""
+    if seen.get("phase") != state.phase:
+        seen["phase"] = state.phase
+        console.print(f"[bold]{state.phase}[/]" + (f": {state.plan_summary}" if state.phase == "running" else ""))
+    for task in state.tasks:
+        line = f"{task.state}"
+        if task.state == "running":
+            progress = await fetch(task.id)
+            if progress:
+                line = (
+                    f"running: attempt {progress.get('attempt')} turn {progress.get('turn')} ({progress.get('phase')})"
+                )
+                gates = progress.get("gates") or []
+                failed = [g for g in gates if not g.get("passed")]
+                if failed and progress.get("phase") == "agent":
+                    line += f" after gate {failed[0]['gate']} failed: {failed[0]['summary']}"
+        elif task.reason and task.state != "pending":
+            line = f"{task.state}: {task.reason}"
+        if seen.get(task.id) != line:
+            seen[task.id] = line
+            console.print(f"  {task.id}: {line}", highlight=False)
+
+
+def _gates(results: list[GateResult]) -> str:
+    return " ".join(f"{r.gate}:{'ok' if r.passed else 'FAIL'}" for r in results) or "-"
+
+
+def print_summary(console: Console, state: RunState, run_url: str | None) -> None:
+    verdict = "[bold green]shipped[/]" if state.succeeded else f"[bold red]{state.phase}[/]"
+    console.print(f"\nRun [bold]{state.run_id}[/]: {verdict}", highlight=False)
+    if state.error:
+        console.print(f"[red]{state.error}[/]", highlight=False)
+    table = Table(show_lines=False)
+    for column in ("task", "state", "attempts", "last gates", "tokens", "reason"):
+        table.add_column(column)
+    for task in state.tasks:
+        table.add_row(
+            task.id, task.state, str(task.attempts), _gates(task.gates), str(task.usage.total_tokens), task.reason[:80]
+        )
+    if state.tasks:
+        console.print(table)
+    usage = state.usage
+    cost = estimate_cost_usd(state.model, usage)
+    console.print(
+        f"Model {state.model if not state.scripted else 'scripted (recorded transcript, not Claude)'}: "
+        f"{usage.calls} call(s), {usage.input_tokens} input + {usage.output_tokens} output tokens, "
+        f"{usage.cache_read_input_tokens} cache-read, est. ${cost:.4f}",
+        highlight=False,
+    )
+    if state.final_gates:
+        console.print(f"Integration gates: {_gates(state.final_gates)}", highlight=False)
+    if state.shipped_sha:
+        target = state.base_branch if state.ship_mode == "merge" else state.integration_branch
+        console.print(f"Shipped {state.shipped_sha[:12]} to {target} ({state.ship_mode})", highlight=False)
+    elif state.integration_branch:
+        console.print(f"Nothing shipped; work so far is on {state.integration_branch}", highlight=False)
+    if run_url:
+        console.print(f"Web UI: {run_url}", highlight=False)

@@ -1,0 +1,212 @@
+"""The composition root: connects to Temporal, builds model clients, activities and interceptors, runs a worker.
+
+`factory-worker` runs one worker process against `TEMPORAL_ADDRESS` (or the embedded dev server). The CLI
+reuses `build_worker` to run a worker in-process when no address is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import structlog
+import typer
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client, Interceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
+from temporalio.worker import Worker
+
+from activities.context import LogContextInterceptor
+from activities.gates import GateActivities
+from activities.model import ModelActivities
+from activities.workspace import WorkspaceActivities
+from darkfactory import devserver
+from darkfactory.blobs import BlobStore
+from darkfactory.constants import SEARCH_ATTRIBUTES, TASK_QUEUE
+from darkfactory.llm import ModelClient, build_model_client
+from darkfactory.settings import FactorySettings, TemporalSettings
+from darkfactory.telemetry import configure_logging, configure_tracing
+from workflows import WORKFLOWS
+
+log = structlog.get_logger(__name__)
+
+_INDEXED_TYPES = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+    "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
+    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+}
+
+
+class ModelClients:
+    """One client per model string per process (the SDK client pools connections; transcripts load once)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, ModelClient] = {}
+
+    def __call__(self, model: str) -> ModelClient:
+        if model not in self._clients:
+            self._clients[model] = build_model_client(model)
+        return self._clients[model]
+
+
+def tracing_interceptors() -> list[Interceptor]:
+    """Temporal's TracingInterceptor, when the OTEL_* environment asks for traces."""
+    if not configure_tracing("darkfactory"):
+        return []
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    return [TracingInterceptor()]
+
+
+async def connect(settings: TemporalSettings, address: str | None = None) -> Client:
+    """A client for `address` (default: TEMPORAL_ADDRESS), with TLS / API key from the environment."""
+    target = address or settings.address
+    if not target:
+        raise ValueError("no Temporal address: set TEMPORAL_ADDRESS or start the embedded server")
+    tls: TLSConfig | bool = False
+    if settings.use_tls:
+        tls = TLSConfig(
+            server_root_ca_cert=settings.tls_ca.read_bytes() if settings.tls_ca else None,
+            client_cert=settings.tls_cert.read_bytes() if settings.tls_cert else None,
+            client_private_key=settings.tls_key.read_bytes() if settings.tls_key else None,
+        )
+    return await Client.connect(
+        target,
+        namespace=settings.namespace,
+        api_key=settings.api_key,
+        tls=tls,
+        data_converter=pydantic_data_converter,
+        interceptors=tracing_interceptors(),
+    )
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register FactoryStatus / FactoryNeedsReview / FactoryRepo if the server lacks them.
+
+    Workflows upsert them; on a server without them the upsert would fail every workflow task.
+    """
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {name: kind for name, kind in SEARCH_ATTRIBUTES.items() if name not in listed.custom_attributes}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={name: _INDEXED_TYPES[kind] for name, kind in missing.items()},
+            )
+        )
+        log.info("search_attributes_registered", names=sorted(missing))
+
+
+def build_worker(
+    client: Client,
+    settings: FactorySettings,
+    *,
+    task_queue: str = TASK_QUEUE,
+    model_clients: ModelClients | None = None,
+    max_concurrent_activities: int | None = None,
+) -> Worker:
+    """A worker serving every workflow and activity of the factory on `task_queue`."""
+    blobs = BlobStore(settings.blobs_dir)
+    model = ModelActivities(model_clients or ModelClients(), blobs)
+    workspace = WorkspaceActivities(settings, blobs)
+    gates = GateActivities(settings, blobs)
+    slots = max_concurrent_activities or settings.max_concurrent_activities
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=[
+            model.plan_run,
+            model.agent_turn,
+            workspace.prepare_run,
+            workspace.open_workspace,
+            workspace.run_tools,
+            workspace.merge_task,
+            workspace.ship_run,
+            workspace.release_workspaces,
+            gates.run_gates,
+        ],
+        # git, tools and gates block: they run as sync activities in this pool.
+        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=slots),
+        max_concurrent_activities=slots,
+        interceptors=[LogContextInterceptor()],
+    )
+
+
+async def run_worker(task_queue: str, max_concurrent: int | None) -> None:
+    temporal = TemporalSettings()
+    settings = FactorySettings()
+    address = temporal.address
+    if address is None:
+        config = devserver.DevServerConfig.from_env(settings.home)
+        devserver.ensure_running(config)
+        address = config.address
+    client = await connect(temporal, address)
+    await ensure_search_attributes(client)
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        log.warning("no_anthropic_key", hint="only scripted:... models will work on this worker")
+    worker = build_worker(client, settings, task_queue=task_queue, max_concurrent_activities=max_concurrent)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker_started", address=address, namespace=client.namespace, task_queue=task_queue, pid=os.getpid())
+    async with worker:
+        await stop.wait()
+    log.info("worker_stopped")
+
+
+app = typer.Typer(add_completion=False, help="Run a darkfactory worker (workflows and activities).")
+
+
+@app.command()
+def serve(
+    task_queue: str = typer.Option(TASK_QUEUE, help="Task queue to poll."),
+    max_concurrent: int | None = typer.Option(
+        None, help="Activity slots (default DARKFACTORY_MAX_CONCURRENT_ACTIVITIES or 8)."
+    ),
+    log_level: str = typer.Option("INFO", help="Log level."),
+) -> None:
+    """Serve the factory's workflows and activities until SIGINT/SIGTERM. Logs are JSON lines on stderr."""
+    configure_logging(log_level)
+    asyncio.run(run_worker(task_queue, max_concurrent))
+
+
+def exit_cleanly(run: Callable[[], object]) -> NoReturn:
+    """Run a CLI and leave with its exit code through os._exit.
+
+    The SDK's Rust core can abort the interpreter at exit (sdk-python#300; 2 in 20 runs measured in
+    temporal-sdk-facts §8.3), turning a success into SIGABRT. Flushing and `os._exit` skips that teardown.
+    """
+    code = 0
+    try:
+        run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    exit_cleanly(lambda: app(args=list(argv) if argv is not None else None))
+
+
+if __name__ == "__main__":
+    main()

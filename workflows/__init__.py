@@ -1,0 +1,14 @@
+"""Deterministic orchestration only: no I/O, clocks, randomness or environment.
+
+- `factory_run.py`  FactoryRunWorkflow: prepare -> plan -> tasks -> merge -> verify -> ship -> summary
+- `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback
+"""
+
+from __future__ import annotations
+
+from workflows.factory_run import FactoryRunWorkflow
+from workflows.task import TaskWorkflow
+
+WORKFLOWS = [FactoryRunWorkflow, TaskWorkflow]
+
+__all__ = ["WORKFLOWS", "FactoryRunWorkflow", "TaskWorkflow"]
