@@ -317,9 +317,9 @@ class AgentTools:
         n = len(_split_lines(file_text))
         verb = "overwritten" if existed else "created"
         return ToolExecution(
-            content=f"File {verb} successfully at: {target.rel} ({n} lines)",
+            content=f"File {verb} successfully at: {target.rel} ({_lines_word(n)})",
             is_error=False,
-            summary=f"{'overwrite' if existed else 'create'} {target.rel} ({n} lines)",
+            summary=f"{'overwrite' if existed else 'create'} {target.rel} ({_lines_word(n)})",
             wrote=True,
         )
 
@@ -359,7 +359,7 @@ class AgentTools:
         self._write_text(target, new_text, "str_replace")
         first_line = text.count("\n", 0, start)  # 0-based line of the edit
         snippet = _snippet(new_text, first_line, first_line + new_str.count("\n"))
-        removed, added = old_str.count("\n") + 1, new_str.count("\n") + 1
+        removed, added = len(_split_lines(old_str)), len(_split_lines(new_str))
         return ToolExecution(
             content=(
                 f"The file {target.rel} has been edited. Here's the result of running `cat -n` on a snippet "
@@ -403,7 +403,7 @@ class AgentTools:
                 "(correct indentation, no duplicate lines, etc). Edit the file again if necessary."
             ),
             is_error=False,
-            summary=f"insert {target.rel} after line {insert_line} ({len(new_lines)} lines)",
+            summary=f"insert {target.rel} after line {insert_line} ({_lines_word(len(new_lines))})",
             wrote=True,
         )
 
@@ -736,6 +736,10 @@ def _split_lines(text: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return lines
+
+
+def _lines_word(n: int) -> str:
+    return "1 line" if n == 1 else f"{n} lines"
 
 
 def _number(lines: Sequence[str], first: int) -> str:

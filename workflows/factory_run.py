@@ -278,14 +278,14 @@ class FactoryRunWorkflow:
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost message of an activity or child failure: what actually went wrong."""
+    """The message of the first ApplicationError under an activity or child failure: the one we wrote for
+    people. (Deeper causes are the raw exceptions it was raised from, serialised along with it.)"""
     current: BaseException | None = exc
-    message = str(exc)
     while current is not None:
         if isinstance(current, ApplicationError) and current.message:
-            message = current.message
+            return current.message
         current = current.__cause__
-    return message
+    return str(exc)
 
 
 def _failing(report: GateReport) -> str:

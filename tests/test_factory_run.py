@@ -1,0 +1,106 @@
+"""FactoryRun end to end on a real Temporal server, real git repositories and real gates (scripted model)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from temporalio.client import Client
+
+from darkfactory.workspace import list_branches
+from tests.conftest import DEMO, demo_transcript, edited_transcript, git, request_for, run_to_end
+
+
+async def test_happy_path_merges_every_task_and_fast_forwards_main(
+    client: Client, factory_home: Path, demo_repo: Path
+) -> None:
+    request = request_for(demo_repo, f"scripted:{DEMO / 'transcript.json'}")
+
+    summary = await run_to_end(client, factory_home, request)
+
+    assert summary.succeeded, summary.error
+    assert [(t.id, t.state, t.attempts) for t in summary.tasks] == [
+        ("add-slugify", "merged", 2),
+        ("export-slugify", "merged", 1),
+    ]
+    # main was fast-forwarded to one squash commit per task, each carrying its task trailer.
+    subjects = git(demo_repo, "log", "--format=%s", "main").splitlines()
+    assert subjects == [
+        "export-slugify: Export slugify from the package",
+        "add-slugify: Add textkit.slug.slugify with tests",
+        "initial import",
+    ]
+    trailers = git(demo_repo, "log", "--format=%(trailers:key=Factory-Task,valueonly)", "main").split()
+    assert trailers == [f"{request.run_id}/export-slugify", f"{request.run_id}/add-slugify"]
+    # The checked-out files moved with the branch, and they hold the second attempt's fix.
+    assert '.strip("-")' in (demo_repo / "textkit" / "slug.py").read_text()
+    assert "slugify" in (demo_repo / "textkit" / "__init__.py").read_text()
+    assert git(demo_repo, "status", "--porcelain") == ""
+    assert summary.shipped_sha == git(demo_repo, "rev-parse", "main")
+    assert [(g.gate, g.passed) for g in summary.final_gates] == [("syntax", True), ("lint", True), ("tests", True)]
+    assert summary.usage.calls == 9 and summary.scripted
+    # Worktrees are only caches: released at the end; the branches stay for inspection.
+    assert not (factory_home / "worktrees" / request.run_id).exists()
+    assert f"factory/{request.run_id}/add-slugify" in list_branches(str(demo_repo), "factory/")
+    if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
+        from tests.test_replay import record_history
+
+        await record_history(client, request.run_id, "happy_path")
+
+
+async def test_task_that_never_passes_fails_after_the_attempt_cap(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path
+) -> None:
+    transcript = demo_transcript()
+    first_attempt = transcript["tasks"]["add-slugify"][0]
+    give_up = [{"content": [{"type": "text", "text": "I think it is fine."}], "stop_reason": "end_turn"}]
+    transcript["tasks"]["add-slugify"] = [first_attempt, give_up]
+    path = edited_transcript(tmp_path, tasks=transcript["tasks"])
+    main_before = git(demo_repo, "rev-parse", "main")
+
+    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}", max_attempts=2))
+
+    assert not summary.succeeded and summary.phase == "failed"
+    slug, export = summary.tasks
+    assert (slug.state, slug.attempts) == ("failed", 2)
+    assert "gates still failing after 2 attempt(s)" in slug.reason and "tests" in slug.reason
+    failing = [g for g in slug.gates if not g.passed]
+    assert failing and failing[0].gate == "tests"
+    assert failing[0].feedback and "test_slugify_drops_punctuation_and_outer_spaces" in failing[0].feedback
+    assert failing[0].details_ref is not None
+    assert export.state == "failed" and "dependency 'add-slugify' did not merge" in export.reason
+    assert "did not merge" in summary.error and summary.shipped_sha is None
+    assert git(demo_repo, "rev-parse", "main") == main_before
+
+
+async def test_plan_with_a_dependency_cycle_fails_the_run_naming_the_cycle(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path
+) -> None:
+    transcript = demo_transcript()
+    tasks = transcript["plan"]["content"][0]["input"]["tasks"]
+    tasks[0]["depends_on"] = ["export-slugify"]
+    path = edited_transcript(tmp_path, plan=transcript["plan"])
+
+    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}"))
+
+    assert summary.phase == "failed"
+    assert "dependency cycle" in summary.error
+    assert (
+        "add-slugify -> export-slugify -> add-slugify" in summary.error
+        or "export-slugify -> add-slugify" in summary.error
+    )
+    assert summary.tasks == []
+    assert [b for b in list_branches(str(demo_repo), "factory/") if not b.endswith("/integration")] == []
+
+
+async def test_plan_that_breaks_the_schema_fails_the_run_naming_the_field(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path
+) -> None:
+    transcript = demo_transcript()
+    del transcript["plan"]["content"][0]["input"]["tasks"][1]["title"]
+    path = edited_transcript(tmp_path, plan=transcript["plan"])
+
+    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}"))
+
+    assert summary.phase == "failed"
+    assert "plan is invalid" in summary.error and "tasks.1.title" in summary.error

@@ -1,0 +1,81 @@
+"""The project's own rules, checked: README and CI agree, the layers stay apart, lint and types are clean."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return [block.strip() for block in blocks]
+
+
+def test_readme_opens_with_the_demo_and_the_test_command_and_ci_runs_the_latter() -> None:
+    demo, tests = _readme_commands()[:2]
+    assert demo.endswith("factory demo")
+    assert "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_domain_library_knows_nothing_of_temporal() -> None:
+    offenders = [
+        str(p) for p in (ROOT / "darkfactory").rglob("*.py") if _imports(p) & {"temporalio", "workflows", "activities"}
+    ]
+    assert offenders == []
+
+
+def test_workflow_code_does_no_io() -> None:
+    forbidden_modules = {
+        "subprocess",
+        "os",
+        "time",
+        "random",
+        "socket",
+        "shutil",
+        "pathlib",
+        "git",
+        "anthropic",
+        "httpx",
+    }
+    forbidden_calls = {"open", "print", "input"}
+    problems = []
+    for path in (ROOT / "workflows").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        problems += [f"{path.name}: imports {m}" for m in _imports(path) & forbidden_modules]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in forbidden_calls:
+                problems.append(f"{path.name}:{node.lineno}: calls {node.func.id}()")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in {"now", "utcnow", "today"}
+                and not (isinstance(node.value, ast.Name) and node.value.id == "workflow")
+            ):
+                problems.append(f"{path.name}:{node.lineno}: reads the clock ({node.attr})")
+    assert problems == []
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_mypy_strict_is_clean_on_the_domain_library() -> None:
+    result = subprocess.run([str(BIN / "mypy"), "darkfactory"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
