@@ -65,6 +65,10 @@ _FIND_FORBIDDEN = frozenset(
 
 _SHELL_OPERATOR_CHARS = frozenset(";&|<>")
 
+_MODEL_FIXABLE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EROFS}
+)
+
 COMMAND_ENV: Mapping[str, str] = {
     "GIT_PAGER": "cat",
     "PAGER": "cat",
@@ -199,6 +203,17 @@ class AgentTools:
             )
         except _ToolError as exc:
             return ToolExecution(content=exc.message, is_error=True, summary=exc.summary[:200], wrote=False)
+        except OSError as exc:
+            # A path the checks allowed but the filesystem refuses (permissions, a name too long, a race):
+            # still the model's to fix. Anything else (disk full, I/O error) is the factory's problem.
+            if exc.errno not in _MODEL_FIXABLE_ERRNOS:
+                raise
+            return ToolExecution(
+                content=f"{call.name} failed: {exc.strerror}; check the path and try again",
+                is_error=True,
+                summary=f"{call.name}: {exc.strerror}"[:200],
+                wrote=False,
+            )
 
     # ----------------------------------------------------------------------------------------------
     # Text editor

@@ -222,8 +222,14 @@ def run_command(
         _warn_degraded()
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="darkfactory-sbx-", ignore_cleanup_errors=True) as scratch:
-        if tier == "bwrap":
+    # bwrap gives HOME and /tmp on a per-command tmpfs; the degraded tier needs fresh host directories.
+    scratch_dir: contextlib.AbstractContextManager[str | None] = (
+        tempfile.TemporaryDirectory(prefix="darkfactory-sbx-", ignore_cleanup_errors=True)
+        if tier == "none"
+        else contextlib.nullcontext()
+    )
+    with scratch_dir as scratch:
+        if scratch is None:
             home, tmpdir = SANDBOX_HOME, "/tmp"
         else:
             home, tmpdir = os.path.join(scratch, "home"), os.path.join(scratch, "tmp")

@@ -344,6 +344,11 @@ def test_large_file_is_refused(tools: AgentTools, repo: Path) -> None:
     assert_refused(edit(tools, command="view", path="big.txt"), "limit")
 
 
+def test_overlong_file_name_is_an_error_not_an_exception(tools: AgentTools) -> None:
+    assert_refused(edit(tools, command="view", path="x" * 300), "File name too long")
+    assert_refused(edit(tools, command="create", path="d/" + "x" * 300, file_text="x\n"), "File name too long")
+
+
 def test_missing_file_is_an_actionable_error(tools: AgentTools) -> None:
     assert_refused(edit(tools, command="view", path="src/nope.py"), "does not exist")
     assert_refused(edit(tools, command="str_replace", path="nope/x.py", old_str="a", new_str="b"), "does not exist")

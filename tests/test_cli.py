@@ -1,0 +1,178 @@
+"""The `factory` CLI as a person runs it: subprocesses, the embedded server on test ports, real git repos."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from darkfactory.llm import context_from_request
+from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
+from darkfactory.workspace import list_branches
+from tests.conftest import DEMO, git
+
+FACTORY = Path(sys.executable).parent / "factory"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def cli_env(factory_home: Path) -> Iterator[dict[str, str]]:
+    """Environment for CLI runs: local mode, the embedded server on free ports, no credentials inherited."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TEMPORAL_", "ANTHROPIC_", "DARKFACTORY_", "OTEL_"))
+    }
+    env.update(
+        DARKFACTORY_HOME=str(factory_home),
+        DARKFACTORY_DEV_PORT=str(_free_port()),
+        DARKFACTORY_DEV_UI_PORT=str(_free_port()),
+        COLUMNS="200",
+    )
+    yield env
+    subprocess.run([str(FACTORY), "dev", "--stop"], env=env, capture_output=True, timeout=60)
+
+
+def factory(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(FACTORY), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- bad input: a clear error, exit 2, nothing created ---------------------------------------------
+
+
+def _no_factory_branches(repo: Path) -> bool:
+    return list_branches(str(repo), "factory/") == []
+
+
+def test_a_repo_path_that_does_not_exist_is_refused(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = factory(
+        cli_env,
+        "run",
+        "--repo",
+        str(tmp_path / "nope"),
+        "--spec-text",
+        "x",
+        "--model",
+        "scripted:" + str(DEMO / "transcript.json"),
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path / 'nope'} does not exist" in result.stderr
+
+
+def test_a_directory_that_is_not_a_git_repo_is_refused(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = factory(
+        cli_env,
+        "run",
+        "--repo",
+        str(tmp_path),
+        "--spec-text",
+        "x",
+        "--model",
+        "scripted:" + str(DEMO / "transcript.json"),
+    )
+    assert result.returncode == 2
+    assert "is not a git repository" in result.stderr
+
+
+def test_a_missing_base_branch_is_refused_and_creates_no_branch(cli_env: dict[str, str], demo_repo: Path) -> None:
+    result = factory(
+        cli_env,
+        "run",
+        "--repo",
+        str(demo_repo),
+        "--base",
+        "develop",
+        "--spec-text",
+        "x",
+        "--model",
+        "scripted:" + str(DEMO / "transcript.json"),
+    )
+    assert result.returncode == 2
+    assert "branch 'develop' does not exist" in result.stderr and "pass --base" in result.stderr
+    assert _no_factory_branches(demo_repo)
+
+
+@pytest.mark.parametrize("spec_args", [["--spec-text", "   "], ["--spec", "EMPTY_FILE"]])
+def test_an_empty_spec_is_refused_and_creates_no_branch(
+    cli_env: dict[str, str], demo_repo: Path, tmp_path: Path, spec_args: list[str]
+) -> None:
+    empty = tmp_path / "empty.md"
+    empty.write_text("\n\n")
+    args = [str(empty) if arg == "EMPTY_FILE" else arg for arg in spec_args]
+    result = factory(
+        cli_env, "run", "--repo", str(demo_repo), *args, "--model", "scripted:" + str(DEMO / "transcript.json")
+    )
+    assert result.returncode == 2
+    assert "empty" in result.stderr
+    assert _no_factory_branches(demo_repo)
+
+
+def test_no_api_key_and_no_transcript_says_what_to_set(cli_env: dict[str, str], demo_repo: Path) -> None:
+    result = factory(cli_env, "run", "--repo", str(demo_repo), "--spec", str(DEMO / "spec.md"))
+    assert result.returncode == 2
+    assert "ANTHROPIC_API_KEY" in result.stderr and "scripted:" in result.stderr
+    assert _no_factory_branches(demo_repo)
+
+
+# -- the real Anthropic SDK against a local Messages API server --------------------------------------
+
+
+def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
+    cli_env: dict[str, str], demo_repo: Path
+) -> None:
+    with FakeMessagesServer(ScriptResponder(DEMO / "transcript.json")) as server:
+        env = {**cli_env, "ANTHROPIC_BASE_URL": server.base_url, "ANTHROPIC_API_KEY": "sk-test-not-a-secret-42"}
+        result = factory(
+            env, "run", "--repo", str(demo_repo), "--spec", str(DEMO / "spec.md"), "--ship", "merge", "--json"
+        )
+        requests = server.requests
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["phase"] == "shipped" and summary["scripted"] is False
+    assert [(t["id"], t["state"]) for t in summary["tasks"]] == [
+        ("add-slugify", "merged"),
+        ("export-slugify", "merged"),
+    ]
+    assert summary["shipped_sha"] == git(demo_repo, "rev-parse", "main")
+    assert summary["usage"]["calls"] == len(requests) == 9
+    # Every call went through the SDK with the configured key; the key appears in no output.
+    # (SDK 2.x sends the key as `authorization`; older ones as `x-api-key`.)
+    assert all(
+        "sk-test-not-a-secret-42" in r.headers.get("x-api-key", "") + r.headers.get("authorization", "")
+        for r in requests
+    )
+    assert "sk-test-not-a-secret-42" not in result.stdout + result.stderr
+    # The retry's first request carries the failing test id from the tests gate, inside <feedback>.
+    retry = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:2:1")
+    first_message = retry.body["messages"][0]["content"]
+    first_text = first_message if isinstance(first_message, str) else json.dumps(first_message)
+    assert "<feedback>" in first_text and "test_slugify_drops_punctuation_and_outer_spaces" in first_text
+    first_attempt = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:1:1")
+    assert "<feedback>" not in json.dumps(first_attempt.body["messages"][0]["content"])
+
+
+# -- the demo, as the README's first command runs it ------------------------------------------------
+
+
+def test_demo_runs_offline_to_a_merged_commit_and_says_the_model_was_scripted(cli_env: dict[str, str]) -> None:
+    result = factory(cli_env, "demo")
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "shipped" in out and "add-slugify" in out and "export-slugify" in out
+    assert "tests:FAIL" not in out.split("Run ")[-1]  # the final table shows the passing gates
+    assert "The model in this demo was scripted" in out
+    assert "export-slugify: Export slugify from the package" in out
+    assert f"http://127.0.0.1:{cli_env['DARKFACTORY_DEV_UI_PORT']}/namespaces/default/workflows/run-" in out
