@@ -5,7 +5,7 @@ from __future__ import annotations
 TASK_QUEUE = "darkfactory"
 """The task queue workflows and activities run on (one queue until resource classes split it)."""
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 """The Claude model used when `--model` is not given."""
 
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"

@@ -4,7 +4,7 @@ Two tiers. "bwrap" (bubblewrap) gives each command fresh namespaces (no network,
 read-only view of an allowlisted part of the host, the working tree writable but its `.git` read-only) and
 is the real boundary. "none" runs the command directly with the same scrubbed environment and rlimits; it is
 a loud fallback for machines without bubblewrap, not a boundary (a child can still read the worker's
-`/proc/<pid>/environ` and memory, see docs/notes sandbox facts §1.2). `strict=True` refuses to run there.
+`/proc/<pid>/environ` and memory: measured in the sandbox facts notes §1.2). `strict=True` refuses there.
 
 Both tiers: argv exec (never a shell), stdin from /dev/null, a process group of its own killed with SIGKILL
 on timeout, output interleaved and capped keeping head and tail, and an environment built from nothing so
@@ -212,6 +212,7 @@ def run_command(
     for entry in prefix:
         if not os.path.isabs(entry) or ":" in entry:
             raise ValueError(f"path_prefix entries must be absolute and contain no ':', got {entry!r}")
+    check_env(env)
 
     tier = sandbox_tier()
     if tier == "none":
@@ -287,6 +288,13 @@ def scrubbed_env(
         "TMPDIR": tmpdir,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    check_env(extra)
+    base.update(extra or {})
+    return base
+
+
+def check_env(extra: Mapping[str, str] | None) -> None:
+    """Refuse malformed or credential-like variables: credentials never enter a sandboxed process."""
     for name, value in (extra or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise ValueError(f"invalid environment variable name {name!r}")
@@ -296,8 +304,6 @@ def scrubbed_env(
             )
         if not isinstance(value, str) or "\x00" in value:
             raise ValueError(f"environment variable {name!r} must be a string without NUL bytes")
-        base[name] = value
-    return base
 
 
 def bwrap_argv(

@@ -107,12 +107,13 @@ def edited_transcript(tmp_path: Path, **changes: Any) -> Path:
 
 
 def request_for(repo: Path, model: str, *, ship: str = "merge", run_id: str | None = None, **config: Any) -> RunRequest:
+    config.setdefault("timeouts", FAST_TIMEOUTS)
     return RunRequest(
         run_id=run_id or f"t-{uuid.uuid4().hex[:10]}",
         repo_path=str(repo),
         spec=(DEMO / "spec.md").read_text(),
         base_branch="main",
-        config=RunConfig(model=model, ship=ship, timeouts=FAST_TIMEOUTS, **config),  # type: ignore[arg-type]
+        config=RunConfig(model=model, ship=ship, **config),  # type: ignore[arg-type]
     )
 
 
