@@ -417,6 +417,9 @@ def stop(config: DevServerConfig, timeout_s: float = STOP_TIMEOUT_S) -> bool:
             os.kill(pid, signal.SIGKILL)
         if not _wait_exit(config, pid, 5.0):
             raise DevServerError(f"Temporal dev server pid {pid} did not exit after SIGKILL.")
+    # A server this process started stays a zombie (with a /proc entry) until its parent waits for it.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
     _remove_pid(config, pid)
     return True
 

@@ -161,6 +161,16 @@ def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
     assert "<feedback>" in first_text and "test_slugify_drops_punctuation_and_outer_spaces" in first_text
     first_attempt = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:1:1")
     assert "<feedback>" not in json.dumps(first_attempt.body["messages"][0]["content"])
+    # The ended run's summary stays readable by id, with no worker running.
+    status = factory(cli_env, "status", summary["run_id"], "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["shipped_sha"] == summary["shipped_sha"]
+
+
+def test_status_of_an_unknown_run_is_a_clear_error(cli_env: dict[str, str]) -> None:
+    result = factory(cli_env, "status", "no-such-run")
+    assert result.returncode == 2
+    assert "no run with id no-such-run" in result.stderr
 
 
 # -- the demo, as the README's first command runs it ------------------------------------------------
