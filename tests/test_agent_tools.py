@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,20 +20,10 @@ from darkfactory.agent_tools import (
     tool_definitions,
 )
 from darkfactory.contracts import ToolCall
+from tests.conftest import git
 
 EDITOR = TEXT_EDITOR_TOOL["name"]
 SECRET = "TOP-SECRET-OUTSIDE-CONTENT\n"
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 
 from darkfactory import sandbox
 from darkfactory.sandbox import CommandResult, SandboxUnavailable, run_command, sandbox_tier
+from tests.conftest import git
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -53,17 +54,6 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
 
 
 def make_repo(path: Path) -> Path:
