@@ -21,7 +21,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 import worker as worker_module
@@ -122,16 +123,23 @@ async def open_session(stack: AsyncExitStack, *, with_worker: bool) -> Session:
     return Session(client, config.ui_url, local=True)
 
 
-async def start_run(session: Session, request: RunRequest) -> WorkflowHandle[Any, RunState]:
-    return await session.client.start_workflow(
-        FactoryRunWorkflow.run,
-        request,
-        id=run_workflow_id(request.run_id),
-        task_queue=TASK_QUEUE,
-        search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "preparing")]
-        ),
-    )
+async def start_run(session: Session, request: RunRequest, console: Console) -> WorkflowHandle[Any, RunState]:
+    """Start the run; a run with this id that already exists is watched instead of started twice."""
+    try:
+        return await session.client.start_workflow(
+            FactoryRunWorkflow.run,
+            request,
+            id=run_workflow_id(request.run_id),
+            task_queue=TASK_QUEUE,
+            # A run id names one run forever: a repeated trigger finds it, even after it ended.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "preparing")]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        console.print(f"Run [bold]{request.run_id}[/] already exists; watching it instead of starting it again.")
+        return session.client.get_workflow_handle_for(FactoryRunWorkflow.run, run_workflow_id(request.run_id))
 
 
 async def watch(session: Session, handle: WorkflowHandle[Any, RunState], console: Console) -> RunState:
@@ -231,7 +239,7 @@ async def run_and_watch(request: RunRequest, as_json: bool) -> RunState:
     console = Console(stderr=as_json)
     async with AsyncExitStack() as stack:
         session = await open_session(stack, with_worker=True)
-        handle = await start_run(session, request)
+        handle = await start_run(session, request, console)
         if request.config.scripted:
             console.print("[bold yellow]Scripted model:[/] answers come from a recorded transcript, not from Claude.")
         console.print(f"Run [bold]{request.run_id}[/] started.", highlight=False)

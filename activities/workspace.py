@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import structlog
-from darkfactory.agent_tools import AgentTools
 from temporalio import activity
 
 from activities.context import heartbeat_ticker
 from activities.errors import INVALID_TARGET, SHIP_REFUSED, business_error
 from darkfactory import workspace
+from darkfactory.agent_tools import AgentTools
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (
     MergeResult,
@@ -134,4 +134,6 @@ class WorkspaceActivities:
         root = self._settings.worktrees_dir / input.run_id
         if root.exists():
             shutil.rmtree(root, ignore_errors=True)
-        workspace.GitRun(Path(input.repo_path))("worktree", "prune")
+        repo = workspace.GitRun(Path(input.repo_path))
+        if Path(input.repo_path).is_dir() and repo.ok("rev-parse", "--git-dir"):
+            repo("worktree", "prune")

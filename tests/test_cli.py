@@ -167,6 +167,33 @@ def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
     assert json.loads(status.stdout)["shipped_sha"] == summary["shipped_sha"]
 
 
+def test_a_repeated_run_id_watches_the_existing_run_instead_of_building_twice(
+    cli_env: dict[str, str], demo_repo: Path
+) -> None:
+    args = [
+        "run",
+        "--repo",
+        str(demo_repo),
+        "--spec",
+        str(DEMO / "spec.md"),
+        "--run-id",
+        f"once-{demo_repo.parent.name}",
+        "--model",
+        f"scripted:{DEMO / 'transcript.json'}",
+        "--json",
+    ]
+    first = factory(cli_env, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    second = factory(cli_env, *args)
+
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "already exists; watching it" in second.stderr
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+    branch = json.loads(first.stdout)["integration_branch"]
+    assert len(git(demo_repo, "log", "--format=%H", f"main..{branch}").splitlines()) == 2
+
+
 def test_status_of_an_unknown_run_is_a_clear_error(cli_env: dict[str, str]) -> None:
     result = factory(cli_env, "status", "no-such-run")
     assert result.returncode == 2

@@ -362,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with FakeMessagesServer(
         responder, port=args.port, delay_s=args.delay_s, log=lambda line: print(line, flush=True)
     ) as server:
-        print(f"ANTHROPIC_BASE_URL={server.base_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
+            print(f"ANTHROPIC_BASE_URL={server.base_url}", flush=True)
             threading.Event().wait()
     return 0
 
