@@ -50,7 +50,8 @@ class ModelActivities:
                 response = await client.create(request, context)
         except ModelCallError as exc:
             log.warning("model_call_failed", kind=exc.kind, retryable=exc.retryable, status=exc.status)
-            raise model_error(exc) from exc
+            # `from None`: only our redacted message travels; the SDK error's text carries the response body.
+            raise model_error(exc) from None
         log.info(
             "model_call",
             purpose=context.purpose,

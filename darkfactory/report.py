@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from darkfactory.contracts import GateResult, RunState
-from darkfactory.llm import estimate_cost_usd
+from darkfactory.llm import PRICES_USD_PER_MTOK, estimate_cost_usd
 
 TaskProgressFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -57,11 +57,16 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     if state.tasks:
         console.print(table)
     usage = state.usage
-    cost = estimate_cost_usd(state.model, usage)
+    if state.scripted:
+        cost_text = "no cost"
+    elif any(state.model.startswith(prefix) for prefix in PRICES_USD_PER_MTOK):
+        cost_text = f"est. ${estimate_cost_usd(state.model, usage):.4f}"
+    else:
+        cost_text = "cost unknown (no list price on file for this model)"
     console.print(
         f"Model {state.model if not state.scripted else 'scripted (recorded transcript, not Claude)'}: "
         f"{usage.calls} call(s), {usage.input_tokens} input + {usage.output_tokens} output tokens, "
-        f"{usage.cache_read_input_tokens} cache-read, est. ${cost:.4f}",
+        f"{usage.cache_read_input_tokens} cache-read, {cost_text}",
         highlight=False,
     )
     if state.final_gates:

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
+from darkfactory.devserver import is_listening
 from darkfactory.llm import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from darkfactory.workspace import list_branches
@@ -213,3 +215,37 @@ def test_demo_runs_offline_to_a_merged_commit_and_says_the_model_was_scripted(cl
     assert "The model in this demo was scripted" in out
     assert "export-slugify: Export slugify from the package" in out
     assert f"http://127.0.0.1:{cli_env['DARKFACTORY_DEV_UI_PORT']}/namespaces/default/workflows/run-" in out
+
+
+def test_with_temporal_address_set_run_only_starts_and_watches_while_factory_worker_works(
+    cli_env: dict[str, str], temporal_env: WorkflowEnvironment, demo_repo: Path, tmp_path: Path
+) -> None:
+    unused_port = _free_port()
+    env = {
+        **cli_env,
+        "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "DARKFACTORY_DEV_PORT": str(unused_port),
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([str(FACTORY) + "-worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        result = factory(
+            env,
+            "run",
+            "--repo",
+            str(demo_repo),
+            "--spec",
+            str(DEMO / "spec.md"),
+            "--json",
+            "--model",
+            f"scripted:{DEMO / 'transcript.json'}",
+        )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["phase"] == "shipped"
+    assert not is_listening("127.0.0.1", unused_port), "remote mode must not start the embedded server"
+    assert '"worker_started"' in (tmp_path / "worker.log").read_text()

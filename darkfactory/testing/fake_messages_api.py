@@ -359,12 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay-s", type=float, default=0.0, help="answer each request after this delay")
     args = parser.parse_args(argv)
     responder = ScriptResponder(args.script)
-    with FakeMessagesServer(
-        responder, port=args.port, delay_s=args.delay_s, log=lambda line: print(line, flush=True)
-    ) as server:
-        with contextlib.suppress(KeyboardInterrupt):
-            print(f"ANTHROPIC_BASE_URL={server.base_url}", flush=True)
-            threading.Event().wait()
+    with (
+        FakeMessagesServer(
+            responder, port=args.port, delay_s=args.delay_s, log=lambda line: print(line, flush=True)
+        ) as server,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        print(f"ANTHROPIC_BASE_URL={server.base_url}", flush=True)
+        threading.Event().wait()
     return 0
 
 
