@@ -217,7 +217,7 @@ class FactoryRunWorkflow:
                 ended.add(task.id)
                 continue
             head = merged.integration_sha
-            self._set_task(task.id, state="merged", merged_sha=head, reason="merged", **summary)
+            self._set_task(task.id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}", **summary)
         return head
 
     async def _activity(
