@@ -20,7 +20,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 DEPENDENCY_FILES = (
     "pyproject.toml",
@@ -72,8 +76,12 @@ class TargetEnv:
 
 
 def default_setup_commands(worktree: Path) -> list[list[str]]:
-    """pytest plus whatever requirement files the repository has; argv run with the env's bin first on PATH."""
-    commands = [["python", "-m", "pip", "install", "--quiet", *DEFAULT_TEST_PACKAGES]]
+    """pip installs of the repository's requirement files (argv, run with the env's bin first on PATH).
+
+    pytest itself is seeded from this installation (see `seed_distributions`), so a repository without
+    requirement files gets a working test environment with no network at all.
+    """
+    commands: list[list[str]] = []
     for name in ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "test-requirements.txt"):
         if (worktree / name).is_file():
             commands.append(["python", "-m", "pip", "install", "--quiet", "-r", str(worktree / name)])
@@ -125,16 +133,56 @@ def _build(
     on_tick: Callable[[], None] | None,
     timeout_s: float,
 ) -> None:
+    commands = setup_commands if setup_commands is not None else default_setup_commands(worktree)
+    # ensurepip costs seconds; an environment whose setup runs no command needs no pip.
+    without_pip = [] if commands else ["--without-pip"]
     _run(
-        [sys.executable, "-m", "venv", "--clear", str(root)],
+        [sys.executable, "-m", "venv", "--clear", *without_pip, str(root)],
         cwd=worktree,
         bin_dir=None,
         on_tick=on_tick,
         timeout_s=timeout_s,
     )
-    commands = setup_commands if setup_commands is not None else default_setup_commands(worktree)
+    if setup_commands is None:
+        seed_distributions(root, DEFAULT_TEST_PACKAGES)
     for command in commands:
         _run(list(command), cwd=worktree, bin_dir=root / "bin", on_tick=on_tick, timeout_s=timeout_s)
+
+
+def site_packages(env_root: Path) -> Path:
+    """The environment's site-packages (it was created by this interpreter, so the version matches)."""
+    return env_root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def seed_distributions(env_root: Path, names: Sequence[str]) -> list[str]:
+    """Copy installed distributions and their runtime requirements into the environment; return their names.
+
+    Only the named distributions and what they require are copied, never their plugins: pytest arrives
+    without pytest-asyncio, exactly as a plain `pip install pytest` would install it, but offline. Console
+    scripts are not copied (`python -m pytest` is how the factory runs it).
+    """
+    target = site_packages(env_root)
+    seen: set[str] = set()
+    pending = [canonicalize_name(name) for name in names]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for file in dist.files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts:
+                continue
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file():
+                destination = target / file
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination)
+        for requirement in dist.requires or []:
+            parsed = Requirement(requirement)
+            if parsed.marker is None or parsed.marker.evaluate({"extra": ""}):
+                pending.append(canonicalize_name(parsed.name))
+    return sorted(seen)
 
 
 def setup_environment(bin_dir: Path | None) -> dict[str, str]:
