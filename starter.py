@@ -114,7 +114,10 @@ async def open_session(stack: AsyncExitStack, *, with_worker: bool) -> Session:
         ui = os.environ.get("TEMPORAL_UI_URL")
         return Session(client, ui, local=False)
     config = devserver.DevServerConfig.from_env(settings.home)
-    devserver.ensure_running(config)
+    try:
+        devserver.ensure_running(config)
+    except devserver.DevServerError as exc:
+        fail(f"the embedded Temporal server did not start: {exc}")
     client = await worker_module.connect(temporal, config.address)
     await worker_module.ensure_search_attributes(client)
     if with_worker:

@@ -33,7 +33,7 @@ from darkfactory.blobs import BlobStore
 from darkfactory.constants import SEARCH_ATTRIBUTES, TASK_QUEUE
 from darkfactory.llm import ModelClient, build_model_client
 from darkfactory.settings import FactorySettings, TemporalSettings
-from darkfactory.telemetry import configure_logging, configure_tracing
+from darkfactory.telemetry import configure_logging, configure_tracing, shutdown_tracing
 from workflows import WORKFLOWS
 
 log = structlog.get_logger(__name__)
@@ -199,6 +199,7 @@ def exit_cleanly(run: Callable[[], object]) -> NoReturn:
     except Exception:
         traceback.print_exc()
         code = 1
+    shutdown_tracing()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -323,10 +323,13 @@ def _start_lock(config: DevServerConfig) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+_SERVER_ENV_ALLOWED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+
+
 def _server_env() -> dict[str, str]:
-    # The server itself reads no TEMPORAL_* client settings, but a user's Cloud credentials have no
-    # business in a local dev server's environment either.
-    return {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    """An allowlist, not the caller's environment: the server has no use for API keys or Cloud credentials,
+    and it reads OTEL_* itself — `OTEL_TRACES_EXPORTER=console`, meant for our worker, stops it starting."""
+    return {name: os.environ[name] for name in _SERVER_ENV_ALLOWED if name in os.environ}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,3 +91,15 @@ def configure_tracing(service_name: str) -> bool:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return True
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the tracer provider; spans still batched in memory are exported now.
+
+    Entry points leave through `os._exit` (see worker.exit_cleanly), which skips atexit hooks.
+    """
+    from opentelemetry import trace
+
+    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if callable(shutdown):
+        shutdown()

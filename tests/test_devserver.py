@@ -110,8 +110,10 @@ def test_run_foreground_refuses_a_taken_port(server: tuple[DevServerConfig, int]
 
 
 def test_ensure_running_starts_a_server_when_port_is_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A Cloud API key in the user's environment must not turn the readiness probe's TLS on.
+    # A Cloud API key in the user's environment must not turn the readiness probe's TLS on, and OTEL_*
+    # settings meant for our worker must not reach the server (it refuses to start on `console`).
     monkeypatch.setenv("TEMPORAL_API_KEY", "not-a-real-key")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     config = make_config(tmp_path)
     try:
         assert devserver.ensure_running(config) is True
