@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -80,10 +81,18 @@ def pids_running(argv: list[str]) -> list[int]:
 
 
 def wait_until_gone(argv: list[str], deadline_s: float = 10.0) -> list[int]:
+    """Wait for every process running `argv` to exit: a pidfd turns readable at exit, so no polling sleep."""
     deadline = time.monotonic() + deadline_s
-    while (left := pids_running(argv)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    for pid in pids_running(argv):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+        finally:
+            os.close(fd)
+    return pids_running(argv)
 
 
 def marker_sleep() -> list[str]:
