@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from darkfactory.policy import GateName, TaskType
+
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -139,9 +141,6 @@ class ToolOutcome(Frozen):
 # Plans
 
 
-TaskType = Literal["feature", "bugfix", "refactor", "test", "docs"]
-
-
 class PlannedTask(Frozen):
     """One unit of work the planner hands to a coding agent."""
 
@@ -233,9 +232,6 @@ class RunRequest(Frozen):
 # Gates
 
 
-GateName = Literal["syntax", "lint", "tests"]
-
-
 class GateResult(Frozen):
     """One deterministic gate's verdict on one commit. Binary: scores are not verdicts."""
 
@@ -248,6 +244,10 @@ class GateResult(Frozen):
     details_ref: BlobRef | None = None
     """Full output in the blob store."""
     duration_s: float = 0.0
+    needs_approval: str = ""
+    """Passed, but a person must approve before merging (protected path, large diff); says why."""
+    notes: list[str] = Field(default_factory=list)
+    """Things worth knowing that are not failures: flaky tests, failures already present on the base."""
 
 
 class GateReport(Frozen):
@@ -259,6 +259,14 @@ class GateReport(Frozen):
     @property
     def passed(self) -> bool:
         return all(result.passed for result in self.results)
+
+    @property
+    def needs_approval(self) -> list[str]:
+        return [f"{r.gate}: {r.needs_approval}" for r in self.results if r.needs_approval]
+
+    @property
+    def first_failure(self) -> GateResult | None:
+        return next((r for r in self.results if not r.passed), None)
 
     @property
     def feedback(self) -> str:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkfactory.blobs import BlobStore
-from darkfactory.contracts import GateName, GateReport, GateResult
+from darkfactory.contracts import GateReport, GateResult
+from darkfactory.policy import GateName, Policy, TaskType
 from darkfactory.sandbox import CommandResult, run_command
 from darkfactory.target_env import TargetEnv
 
@@ -41,7 +42,19 @@ class GateContext:
     timeout_s: float = 1200.0
     on_tick: Callable[[], None] | None = None
     gates: Sequence[GateName] = ("syntax", "lint", "tests")
-    extra: dict[str, str] = field(default_factory=dict)
+    repo_path: str = ""
+    base_sha: str = ""
+    """The commit the change is measured against."""
+    policy: Policy = field(default_factory=Policy)
+    task_type: TaskType = "feature"
+    base_worktree: Path | None = None
+    """`base_sha` checked out, for telling new problems from ones already there; None: every problem counts."""
+    acceptance_dir: Path | None = None
+    """Held-out acceptance tests, outside the worktree (the generator never sees them); None: none."""
+    secret_values: Sequence[str] = ()
+    """The worker's own credential values: an exact match in the change fails the secrets gate."""
+    scratch: Path | None = None
+    """A writable directory outside the worktree (reports the host reads back)."""
 
 
 def run_gates(ctx: GateContext) -> GateReport:

@@ -1,0 +1,156 @@
+"""Governance as data: the schema of `.factory/policy.toml` and the decisions it implies. Pure.
+
+A repository without the file gets the defaults. Unknown keys are refused and every error names the key,
+so a typo never silently weakens a rule. The policy in force is the one at the run's base commit: a
+change to `.factory/` by the agent cannot loosen its own rules (and always needs approval).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shlex
+import tomllib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+POLICY_PATH = ".factory/policy.toml"
+ALWAYS_PROTECTED = (".factory/**", ".github/workflows/**", ".gitlab-ci.yml", ".ci/**", ".circleci/**",
+                    "Jenkinsfile", "azure-pipelines.yml", ".pre-commit-config.yaml")  # fmt: skip
+"""CI configuration and the policy itself: a change here always needs a person, whatever the file says."""
+TEST_PATH_GLOBS = ("tests/**", "test/**", "**/tests/**", "**/test_*.py", "**/*_test.py", "test_*.py", "*_test.py",
+                   "**/conftest.py", "conftest.py")  # fmt: skip
+
+
+GateName = Literal["scope", "secrets", "syntax", "lint", "types", "tests", "acceptance", "review"]
+TaskType = Literal["feature", "bugfix", "refactor", "test", "docs"]
+ALL_GATES: tuple[GateName, ...] = ("scope", "secrets", "syntax", "lint", "types", "tests", "acceptance", "review")
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; the message names the key and what is wrong."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Argv = list[str]
+
+
+def _argv(value: object) -> object:
+    """Commands may be written as a string (split like a shell would, without running one) or as argv."""
+    if isinstance(value, str):
+        return shlex.split(value)
+    return value
+
+
+class Commands(_Config):
+    setup: list[Argv] | None = None
+    """Commands that install the test environment, run in a fresh venv with its bin first on PATH.
+    None: pytest plus the repository's requirements*.txt."""
+    test: Argv | None = None
+    """The test command. None: `python -m pytest -q`."""
+
+    @field_validator("setup", mode="before")
+    @classmethod
+    def _setup_argv(cls, value: object) -> object:
+        return [_argv(item) for item in value] if isinstance(value, list) else value
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _test_argv(cls, value: object) -> object:
+        return _argv(value)
+
+
+class TaskTypeRules(_Config):
+    allowed: list[str] = Field(default_factory=lambda: ["**"])
+    """Path globs a task of this type may touch."""
+    denied: list[str] = Field(default_factory=list)
+    """Path globs it may never touch (checked before `allowed`)."""
+    allow_test_edits: bool = False
+    """May it delete, skip or weaken existing tests? Only `test` tasks may, by default."""
+
+
+def _default_task_types() -> dict[TaskType, TaskTypeRules]:
+    return {"test": TaskTypeRules(allow_test_edits=True), "docs": TaskTypeRules(allowed=["**/*.md", "docs/**"])}
+
+
+class Limits(_Config):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per task, whatever failed, before it escalates."""
+    lint: int = Field(default=3, ge=1)
+    """Attempts that may fail on lint."""
+    tests: int = Field(default=3, ge=1)
+    """Attempts that may fail on tests (and held-out acceptance tests)."""
+    review: int = Field(default=2, ge=1)
+    """Attempts the reviewer may send back while every deterministic gate passes."""
+    max_diff_lines: int = Field(default=800, ge=1)
+    """Added plus removed lines above which a change needs a person's approval."""
+
+
+class Escalation(_Config):
+    deadline_hours: float | None = Field(default=72.0, gt=0)
+    """How long an escalated task waits for a person; None waits forever."""
+    default_action: Literal["approve", "reject"] = "reject"
+    """What happens at the deadline."""
+    on_caps_spent: Literal["escalate", "fail"] = "escalate"
+    """When the attempt caps are spent: wait for a person, or end the task `failed`."""
+
+
+class Review(_Config):
+    enabled: bool = True
+    model: str | None = None
+    """Reviewer model; None uses the run's model (a different model gives a more independent review)."""
+
+
+class Policy(_Config):
+    """The whole policy file. Every section is optional."""
+
+    commands: Commands = Field(default_factory=Commands)
+    gates: list[GateName] = Field(default_factory=lambda: list(ALL_GATES))
+    """The gates to run, in order (cheapest first is the point)."""
+    protected: list[str] = Field(default_factory=list)
+    """Path globs whose change needs a person's approval, in addition to CI config and `.factory/`."""
+    task_types: dict[TaskType, TaskTypeRules] = Field(default_factory=_default_task_types)
+    limits: Limits = Field(default_factory=Limits)
+    escalation: Escalation = Field(default_factory=Escalation)
+    review: Review = Field(default_factory=Review)
+
+    def rules_for(self, task_type: TaskType) -> TaskTypeRules:
+        return self.task_types.get(task_type, TaskTypeRules(allow_test_edits=task_type == "test"))
+
+    def is_protected(self, path: str) -> bool:
+        return matches(path, [*ALWAYS_PROTECTED, *self.protected])
+
+
+def matches(path: str, globs: list[str] | tuple[str, ...]) -> bool:
+    """Glob match where `**/` also matches no directory at all (`**/x.py` matches `x.py`)."""
+    for pattern in globs:
+        if fnmatch.fnmatchcase(path, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:]):
+            return True
+    return False
+
+
+def is_test_path(path: str) -> bool:
+    return matches(path, TEST_PATH_GLOBS)
+
+
+def parse_policy(text: str | None, source: str = POLICY_PATH) -> Policy:
+    """The policy from the file's text (None: no file, the defaults). Raises PolicyError naming the key."""
+    if text is None:
+        return Policy()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source} is not valid TOML: {exc}") from exc
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        raise PolicyError(f"{source}: {problems}") from exc
