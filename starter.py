@@ -195,7 +195,9 @@ def run(
     run_id: str | None = typer.Option(
         None, help="Run id (default: from the spec). A duplicate id does not start twice."
     ),
-    max_attempts: int = typer.Option(3, help="Attempts per task before it fails."),
+    max_attempts: int | None = typer.Option(
+        None, help="Attempts per task before it escalates (default: the policy's)."
+    ),
     max_turns: int = typer.Option(30, help="Model turns per attempt."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
@@ -216,7 +218,7 @@ def build_request(
     ship: str,
     model: str | None,
     run_id: str | None,
-    max_attempts: int,
+    max_attempts: int | None,
     max_turns: int,
 ) -> RunRequest:
     text = read_spec(spec, spec_text)
@@ -309,7 +311,7 @@ def demo(
         "merge",
         f"scripted:{EXAMPLES / 'demo' / 'transcript.json'}",
         None,
-        3,
+        None,
         30,
     )
     summary = asyncio.run(run_and_watch(request, as_json=False))

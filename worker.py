@@ -129,6 +129,8 @@ def build_worker(
         activities=[
             model.plan_run,
             model.agent_turn,
+            model.review_change,
+            model.write_acceptance_tests,
             workspace.prepare_run,
             workspace.open_workspace,
             workspace.run_tools,

@@ -15,6 +15,7 @@ from darkfactory.llm import ModelCallError
 
 INVALID_TARGET = "InvalidTarget"
 INVALID_PLAN = "InvalidPlan"
+INVALID_POLICY = "InvalidPolicy"
 SHIP_REFUSED = "ShipRefused"
 ENVIRONMENT_SETUP = "EnvironmentSetupFailed"
 

@@ -6,26 +6,35 @@ blob. A retry therefore repeats at most the one call in flight, never the conver
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
 from activities.context import heartbeating
 from activities.errors import INVALID_PLAN, business_error, model_error
-from darkfactory import prompts
+from darkfactory import prompts, workspace
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (
+    AcceptanceInput,
+    AcceptanceSuite,
+    AcceptanceTests,
     AgentTurnInput,
     AgentTurnResult,
+    BlobRef,
     CallContext,
     ModelRequest,
     ModelResponse,
     Plan,
     PlanInput,
     PlanResult,
+    ReviewInput,
+    ReviewResult,
+    ReviewVerdict,
 )
 from darkfactory.llm import ModelCallError, ModelClient
 from darkfactory.plan import PlanError, validate_plan
@@ -63,6 +72,10 @@ class ModelActivities:
         )
         return response
 
+    def _save_exchange(self, request: ModelRequest, response: ModelResponse) -> BlobRef:
+        messages = [*request.messages, {"role": "assistant", "content": response.content}]
+        return self._blobs.put_json({"system": request.system, "messages": messages})
+
     @activity.defn
     async def plan_run(self, input: PlanInput) -> PlanResult:
         files = tracked_files(input.repo_path, input.base_sha)
@@ -70,20 +83,10 @@ class ModelActivities:
         request = prompts.planner_request(input.config.model, input.spec, files, readme, input.config.max_tokens)
         context = CallContext(purpose="plan", run_id=input.run_id)
         response = await self._call(request, context, input.config.timeouts.heartbeat_s)
-        transcript = self._blobs.put_json(
-            {
-                "system": request.system,
-                "messages": [*request.messages, {"role": "assistant", "content": response.content}],
-            }
-        )
-        calls = [call for call in response.tool_calls if call.name == prompts.SUBMIT_PLAN_TOOL]
-        if not calls:
-            raise business_error(INVALID_PLAN, "the planner answered without calling submit_plan; no plan to run")
+        transcript = self._save_exchange(request, response)
+        plan = _tool_answer(response, prompts.SUBMIT_PLAN_TOOL, Plan, "the planner", INVALID_PLAN)
         try:
-            plan = Plan.model_validate(calls[0].input)
             validate_plan(plan)
-        except ValidationError as exc:
-            raise business_error(INVALID_PLAN, f"the planner's plan is invalid: {_pydantic_problems(exc)}") from exc
         except PlanError as exc:
             raise business_error(INVALID_PLAN, f"the planner's plan is invalid: {exc}") from exc
         return PlanResult(plan=plan, usage=response.usage, transcript_ref=transcript, scripted=response.scripted)
@@ -123,6 +126,60 @@ class ModelActivities:
             usage=response.usage,
             scripted=response.scripted,
         )
+
+    @activity.defn
+    async def review_change(self, input: ReviewInput) -> ReviewResult:
+        """An AI review in a fresh context: spec, task, diff and gate results; never the generator's transcript."""
+        diff = workspace.diff_text(input.repo_path, input.base_sha, input.sha)
+        request = prompts.review_request(input, diff, workspace.diff_stat(input.repo_path, input.base_sha, input.sha))
+        context = CallContext(purpose="review", run_id=input.run_id, task_id=input.task_id, attempt=input.attempt)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        transcript = self._blobs.put_json(
+            {
+                "system": request.system,
+                "messages": [*request.messages, {"role": "assistant", "content": response.content}],
+            }
+        )
+        verdict = _tool_answer(response, prompts.SUBMIT_REVIEW_TOOL, ReviewVerdict, "the reviewer")
+        return ReviewResult(
+            verdict=verdict, usage=response.usage, transcript_ref=transcript, scripted=response.scripted
+        )
+
+    @activity.defn
+    async def write_acceptance_tests(self, input: AcceptanceInput) -> AcceptanceSuite:
+        """Held-out tests from the task's acceptance criteria, written in a context the generator never sees."""
+        request = prompts.acceptance_request(input, tracked_files(input.repo_path, input.base_sha))
+        context = CallContext(purpose="acceptance", run_id=input.run_id, task_id=input.task.id, attempt=1)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        tests = _tool_answer(response, prompts.SUBMIT_TESTS_TOOL, AcceptanceTests, "the acceptance-test writer")
+        ref = self._blobs.put_json({file.path: file.content for file in tests.files})
+        names = [f"{file.path}::{name}" for file in tests.files for name in _test_names(file.content)]
+        return AcceptanceSuite(files_ref=ref, names=names, usage=response.usage)
+
+
+ToolAnswer = TypeVar("ToolAnswer", bound=BaseModel)
+
+
+def _tool_answer(
+    response: ModelResponse, tool: str, model: type[ToolAnswer], who: str, kind: str = "InvalidModelAnswer"
+) -> ToolAnswer:
+    """A structured answer from the model: the tool call's input, validated by its contract."""
+    calls = [call for call in response.tool_calls if call.name == tool]
+    if not calls:
+        raise business_error(kind, f"{who} answered without calling {tool}")
+    try:
+        return model.model_validate(calls[0].input)
+    except ValidationError as exc:
+        noun = "plan" if model is Plan else "answer"
+        raise business_error(kind, f"{who}'s {noun} is invalid: {_pydantic_problems(exc)}") from exc
+
+
+def _test_names(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test")]
 
 
 def tracked_files(repo_path: str, sha: str) -> list[str]:

@@ -13,11 +13,12 @@ import structlog
 from temporalio import activity
 
 from activities.context import heartbeat_ticker
-from activities.errors import INVALID_TARGET, SHIP_REFUSED, business_error
+from activities.errors import INVALID_POLICY, INVALID_TARGET, SHIP_REFUSED, business_error
 from darkfactory import workspace
 from darkfactory.agent_tools import AgentTools
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (
+    AcceptanceSuite,
     MergeResult,
     MergeTaskInput,
     OpenWorkspaceInput,
@@ -30,6 +31,7 @@ from darkfactory.contracts import (
     ToolOutcome,
     WorkspaceRef,
 )
+from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnvError, ensure_target_env
 
@@ -47,9 +49,18 @@ class WorkspaceActivities:
     @activity.defn
     def prepare_run(self, input: PrepareRunInput) -> PreparedRun:
         try:
+            base_sha = workspace.validate_target(input.repo_path, input.base_branch)
+            policy = parse_policy(workspace.read_file_at(input.repo_path, base_sha, POLICY_PATH))
             prepared = workspace.prepare_run(input.repo_path, input.run_id, input.base_branch)
         except workspace.TargetError as exc:
             raise business_error(INVALID_TARGET, str(exc)) from exc
+        except PolicyError as exc:
+            raise business_error(INVALID_POLICY, str(exc)) from exc
+        acceptance = None
+        if input.acceptance_tests:
+            names = [f"{path}::*" for path in sorted(input.acceptance_tests)]
+            acceptance = AcceptanceSuite(files_ref=self._blobs.put_json(input.acceptance_tests), names=names)
+        prepared = prepared.model_copy(update={"policy": policy, "acceptance": acceptance})
         log.info("run_prepared", base_sha=prepared.base_sha, branch=prepared.integration_branch)
         return prepared
 

@@ -8,11 +8,12 @@ One input model per activity keeps fields addable without breaking recorded hist
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from darkfactory.policy import GateName, TaskType
+from darkfactory.policy import GateName, Policy, TaskType
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -65,7 +66,7 @@ class Usage(Frozen):
         return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
-CallPurpose = Literal["plan", "agent", "review"]
+CallPurpose = Literal["plan", "agent", "review", "acceptance"]
 
 
 class CallContext(Frozen):
@@ -192,8 +193,8 @@ class RunConfig(Frozen):
 
     model: str
     """A Claude model name, or `scripted:/path/to/transcript.json`."""
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    """Attempts per task before it ends `failed`."""
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    """Attempts per task before it escalates; None: the policy's `limits.max_attempts`."""
     max_turns: int = Field(default=30, ge=1, le=500)
     """Model turns per attempt."""
     max_tokens: int = Field(default=8192, ge=256)
@@ -219,6 +220,8 @@ class RunRequest(Frozen):
     spec: str
     base_branch: str = "main"
     config: RunConfig
+    acceptance_tests: dict[str, str] = Field(default_factory=dict)
+    """Held-out acceptance tests the spec carries ({file name: source}); they gate the plan's final tasks."""
 
     @field_validator("spec")
     @classmethod
@@ -283,12 +286,17 @@ class PrepareRunInput(Frozen):
     run_id: str
     repo_path: str
     base_branch: str
+    acceptance_tests: dict[str, str] = Field(default_factory=dict)
 
 
 class PreparedRun(Frozen):
     base_sha: str
     integration_branch: str
     integration_sha: str
+    policy: Policy = Field(default_factory=Policy)
+    """`.factory/policy.toml` at the base commit (defaults where it has none)."""
+    acceptance: AcceptanceSuite | None = None
+    """The spec's held-out acceptance tests, stored in the blob store."""
 
 
 class PlanInput(Frozen):
@@ -335,6 +343,8 @@ class AttemptBrief(Frozen):
     """The workspace sha the attempt starts from (for the repository listing)."""
     feedback: str = ""
     """Compact failure text from the previous attempt's gates; empty on attempt 1."""
+    acceptance_names: list[str] = Field(default_factory=list)
+    """Names of the held-out acceptance tests (never their code)."""
 
 
 class AgentTurnInput(Frozen):
@@ -388,6 +398,10 @@ class RunGatesInput(Frozen):
     base_sha: str
     """The commit the change is measured against (which files it touched)."""
     config: RunConfig
+    policy: Policy = Field(default_factory=Policy)
+    task_type: TaskType = "feature"
+    acceptance_ref: BlobRef | None = None
+    """Held-out acceptance tests ({path: source} JSON blob), run outside the worktree."""
 
 
 class MergeTaskInput(Frozen):
@@ -428,7 +442,7 @@ class ShipResult(Frozen):
 # Tasks and runs
 
 
-TaskOutcome = Literal["passed", "failed"]
+TaskOutcome = Literal["passed", "failed", "rejected", "cancelled"]
 TerminalState = Literal["merged", "failed", "rejected", "cancelled"]
 TaskState = Literal["pending", "running", "merged", "failed", "rejected", "cancelled"]
 
@@ -439,8 +453,108 @@ class AttemptRecord(Frozen):
     final_sha: str
     stop: Literal["end_turn", "turn_limit"]
     gates: list[GateResult]
+    """Every gate that ran on this attempt, the reviewer's verdict last."""
     usage: Usage
     transcript_ref: BlobRef | None
+
+
+DecisionAction = Literal["approve", "reject", "retry"]
+
+
+class DecisionInput(BaseModel):
+    """What a person sends with `approve`, `reject` or `retry` (all optional, so a bare
+    `temporal workflow signal --name approve` works). Unknown keys are ignored: people type these by hand."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    note: str = ""
+    """Why; for `retry`, the guidance that reaches the next model request."""
+    by: str = ""
+    """Who decided; empty is recorded as `unknown`."""
+
+
+class Decision(Frozen):
+    """A decision on an escalated task, as recorded."""
+
+    action: DecisionAction
+    note: str = ""
+    by: str = "unknown"
+    at: datetime
+    reason: str
+    """What the task was escalated for."""
+
+
+class EscalationState(Frozen):
+    reason: str
+    since: datetime
+    attempt: int
+    sha: str
+    deadline: datetime | None = None
+
+
+class ReviewFinding(Frozen):
+    file: str = Field(description="Path of the file, relative to the repository root.")
+    line: int | None = Field(default=None, description="Line in the new version of the file, if it applies.")
+    severity: Literal["blocker", "major", "minor"] = "major"
+    message: str = Field(min_length=1, description="What is wrong and what to do instead.")
+
+
+class ReviewVerdict(Frozen):
+    """The reviewer's answer, through the `submit_review` tool."""
+
+    verdict: Literal["approve", "request_changes"]
+    summary: str = Field(min_length=1)
+    findings: list[ReviewFinding] = Field(default_factory=list)
+
+
+class ReviewInput(Frozen):
+    run_id: str
+    task_id: str
+    attempt: int
+    repo_path: str
+    base_sha: str
+    sha: str
+    spec: str
+    task: PlannedTask
+    gates: list[GateResult]
+    model: str
+    config: RunConfig
+    max_attempts: int = 3
+
+
+class ReviewResult(Frozen):
+    verdict: ReviewVerdict
+    usage: Usage
+    transcript_ref: BlobRef
+    scripted: bool = False
+
+
+class AcceptanceInput(Frozen):
+    run_id: str
+    task: PlannedTask
+    spec: str
+    repo_path: str
+    base_sha: str
+    config: RunConfig
+
+
+class AcceptanceTestFile(Frozen):
+    path: str = Field(pattern=r"^test_[a-z0-9_]{1,60}\.py$", description="A file name like test_slugify.py.")
+    content: str = Field(min_length=1, description="The pytest module's source.")
+
+
+class AcceptanceTests(Frozen):
+    """What the acceptance-test writer submits through the `submit_tests` tool."""
+
+    files: list[AcceptanceTestFile] = Field(min_length=1, max_length=10)
+
+
+class AcceptanceSuite(Frozen):
+    """Held-out tests for one task: stored as a blob of {path: source}; only names travel further."""
+
+    files_ref: BlobRef | None = None
+    names: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
 
 
 class TaskInput(Frozen):
@@ -451,6 +565,10 @@ class TaskInput(Frozen):
     base_sha: str
     """The integration head the task branches from."""
     config: RunConfig
+    policy: Policy = Field(default_factory=Policy)
+    """The policy at the run's base commit."""
+    acceptance: AcceptanceSuite | None = None
+    """Held-out tests the spec carried for this task; None: generate them from the acceptance criteria."""
 
 
 class TaskResult(Frozen):
@@ -461,6 +579,7 @@ class TaskResult(Frozen):
     attempts: list[AttemptRecord]
     reason: str
     usage: Usage
+    decisions: list[Decision] = Field(default_factory=list)
 
 
 class TaskSummary(Frozen):
@@ -473,6 +592,8 @@ class TaskSummary(Frozen):
     """The last attempt's gate results."""
     merged_sha: str | None = None
     usage: Usage = Field(default_factory=Usage)
+    decisions: list[Decision] = Field(default_factory=list)
+    """Every human (or deadline) decision on this task, with who, when and the note."""
 
 
 RunPhase = Literal["preparing", "planning", "running", "verifying", "shipping", "shipped", "failed"]
@@ -509,3 +630,6 @@ def slugify_run_id(text: str) -> str:
     """A run id fragment from free text: lowercase, dashes, bounded."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:40] or "run"
+
+
+PreparedRun.model_rebuild()

@@ -46,6 +46,7 @@ __all__ = [
 SCRIPTED_PREFIX = "scripted:"
 PLAN_TOOL_NAME = "submit_plan"
 REVIEW_TOOL_NAME = "submit_review"
+ACCEPTANCE_TOOL_NAME = "submit_tests"
 TASK_LINE = re.compile(r"^Task id: (\S+) · attempt (\d+)", re.MULTILINE)
 """The first line of every agent prompt; the HTTP fake reads task and attempt from it."""
 
@@ -382,6 +383,8 @@ class _TranscriptFile(_Strict):
     """task id -> attempts -> turns."""
     reviews: dict[str, list[ScriptedReply]] = Field(default_factory=dict)
     """task id -> one reply per attempt."""
+    acceptance: dict[str, ScriptedReply] = Field(default_factory=dict)
+    """task id -> the reply that writes its held-out acceptance tests."""
 
 
 def _digest(text: str) -> str:
@@ -437,6 +440,11 @@ class ScriptedTranscript:
         # Attempts and turns count from 1; 0 would silently index the last entry.
         if context.attempt < 1 or (context.purpose == "agent" and context.turn < 1):
             raise ModelCallError(f"{missing}: attempt and turn start at 1", kind="script_exhausted")
+        if context.purpose == "acceptance":
+            reply = self._data.acceptance.get(task_id)
+            if reply is None:
+                raise ModelCallError(f"{missing}: 'acceptance' has no task {task_id!r}", kind="script_exhausted")
+            return reply
         if context.purpose == "review":
             reviews = self._data.reviews.get(task_id)
             if reviews is None:
@@ -531,7 +539,8 @@ def _first_text(content: Any) -> str:
 def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallContext:
     """The `CallContext` of a raw Messages API request body, so an HTTP fake can replay a transcript.
 
-    A `submit_plan` tool marks the planner; a `submit_review` tool marks a review. Otherwise it is an agent
+    A `submit_plan` tool marks the planner; `submit_review` a review; `submit_tests` the writer of held-out
+    acceptance tests. Otherwise it is an agent
     turn: task and attempt come from the `Task id: <id> · attempt <n> of <m>` line that starts the first
     user message, and the turn is one more than the assistant messages so far.
     """
@@ -554,6 +563,8 @@ def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallC
     task_id, attempt = match.group(1), int(match.group(2))
     if REVIEW_TOOL_NAME in tool_names:
         return CallContext(purpose="review", run_id=run_id, task_id=task_id, attempt=attempt)
+    if ACCEPTANCE_TOOL_NAME in tool_names:
+        return CallContext(purpose="acceptance", run_id=run_id, task_id=task_id, attempt=attempt)
     turn = 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
     return CallContext(purpose="agent", run_id=run_id, task_id=task_id, attempt=attempt, turn=turn)
 

@@ -10,11 +10,24 @@ from functools import cache
 from typing import Any
 
 import jinja2
+from pydantic import BaseModel
 
 from darkfactory.agent_tools import tool_definitions
-from darkfactory.contracts import AttemptBrief, ModelRequest, Plan
+from darkfactory.contracts import (
+    AcceptanceInput,
+    AcceptanceTests,
+    AttemptBrief,
+    ModelRequest,
+    Plan,
+    ReviewInput,
+    ReviewVerdict,
+)
 
 SUBMIT_PLAN_TOOL = "submit_plan"
+SUBMIT_REVIEW_TOOL = "submit_review"
+SUBMIT_TESTS_TOOL = "submit_tests"
+MAX_DIFF_CHARS = 40_000
+"""Diff characters shown to the reviewer; larger changes escalate on size anyway."""
 MAX_LISTED_FILES = 300
 
 
@@ -38,11 +51,9 @@ def _listing(files: list[str]) -> tuple[list[str], bool]:
 
 def plan_tool() -> dict[str, Any]:
     """The tool the planner answers through; its schema is the Plan contract itself."""
-    return {
-        "name": SUBMIT_PLAN_TOOL,
-        "description": "Submit the plan: a summary and the tasks, with dependencies between them.",
-        "input_schema": inline_refs(Plan.model_json_schema()),
-    }
+    return _schema_tool(
+        SUBMIT_PLAN_TOOL, "Submit the plan: a summary and the tasks, with dependencies between them.", Plan
+    )
 
 
 def planner_request(model: str, spec: str, files: list[str], readme: str, max_tokens: int) -> ModelRequest:
@@ -62,6 +73,48 @@ def planner_request(model: str, spec: str, files: list[str], readme: str, max_to
     )
 
 
+def review_request(input: ReviewInput, diff: str, diff_stat: str) -> ModelRequest:
+    """A fresh-context review: the spec, the task, the diff and the gate results — never the generator's
+    transcript, so the reviewer cannot be talked into agreeing with the generator's reasoning."""
+    truncated = len(diff) > MAX_DIFF_CHARS
+    user = render(
+        "reviewer_user.j2",
+        task=input.task,
+        attempt=input.attempt,
+        max_attempts=input.max_attempts,
+        spec=input.spec,
+        gates=input.gates,
+        diff=diff[:MAX_DIFF_CHARS],
+        diff_truncated=truncated,
+        diff_stat=diff_stat,
+    )
+    return ModelRequest(
+        model=input.model,
+        system=render("reviewer_system.j2"),
+        messages=[{"role": "user", "content": user}],
+        tools=[_schema_tool(SUBMIT_REVIEW_TOOL, "Submit the review verdict and findings.", ReviewVerdict)],
+        tool_choice={"type": "tool", "name": SUBMIT_REVIEW_TOOL},
+        max_tokens=input.config.max_tokens,
+    )
+
+
+def acceptance_request(input: AcceptanceInput, files: list[str]) -> ModelRequest:
+    listed, truncated = _listing(files)
+    user = render("acceptance_user.j2", task=input.task, spec=input.spec, files=listed, truncated=truncated)
+    return ModelRequest(
+        model=input.config.model,
+        system=render("acceptance_system.j2"),
+        messages=[{"role": "user", "content": user}],
+        tools=[_schema_tool(SUBMIT_TESTS_TOOL, "Submit the acceptance test files.", AcceptanceTests)],
+        tool_choice={"type": "tool", "name": SUBMIT_TESTS_TOOL},
+        max_tokens=input.config.max_tokens,
+    )
+
+
+def _schema_tool(name: str, description: str, model: type[BaseModel]) -> dict[str, Any]:
+    return {"name": name, "description": description, "input_schema": inline_refs(model.model_json_schema())}
+
+
 def agent_system() -> str:
     return render("agent_system.j2")
 
@@ -75,6 +128,7 @@ def agent_first_message(brief: AttemptBrief, files: list[str]) -> str:
         max_attempts=brief.max_attempts,
         spec=brief.spec,
         feedback=brief.feedback,
+        acceptance_names=brief.acceptance_names,
         files=listed,
         truncated=truncated,
     )

@@ -348,6 +348,16 @@ def git_dir(path: Path) -> Path:
     return Path(GitRun(path)("rev-parse", "--path-format=absolute", "--git-common-dir"))
 
 
+def read_file_at(repo_path: str, sha: str, path: str) -> str | None:
+    """A file's text at a commit, or None when the commit has no such file."""
+    status, out, _err = GitRun(Path(repo_path)).status("show", f"{sha}:{path}")
+    return out if status == 0 else None
+
+
+def diff_stat(repo_path: str, base_sha: str, sha: str) -> str:
+    return GitRun(Path(repo_path))("diff", "--shortstat", base_sha, sha).strip() or "no changes"
+
+
 def read_files(repo_path: str, sha: str, paths: Sequence[str]) -> dict[str, str]:
     run = GitRun(Path(repo_path))
     return {path: run("show", f"{sha}:{path}") for path in paths}

@@ -105,10 +105,12 @@ async def test_a_worker_killed_mid_agent_loop_costs_at_most_the_call_in_flight(
 
     assert summary.succeeded, summary.error
     assert summary.shipped_sha == git(demo_repo, "rev-parse", "main")
-    assert before_kill == Counter({"plan": 1, "agent:add-slugify:1:1": 1, in_flight: 1})
+    assert before_kill == Counter(
+        {"plan": 1, "acceptance:add-slugify:1:0": 1, "agent:add-slugify:1:1": 1, in_flight: 1}
+    )
     repeated = {key: count - 1 for key, count in calls.items() if count > 1}
     assert repeated == {in_flight: 1}, f"calls repeated after the kill: {repeated}"
-    assert sum(calls.values()) == 9 + 1
+    assert sum(calls.values()) == 13 + 1
 
 
 class FlakyFirst:

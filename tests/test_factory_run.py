@@ -37,8 +37,21 @@ async def test_happy_path_merges_every_task_and_fast_forwards_main(
     assert "slugify" in (demo_repo / "textkit" / "__init__.py").read_text()
     assert git(demo_repo, "status", "--porcelain") == ""
     assert summary.shipped_sha == git(demo_repo, "rev-parse", "main")
-    assert [(g.gate, g.passed) for g in summary.final_gates] == [("syntax", True), ("lint", True), ("tests", True)]
-    assert summary.usage.calls == 9 and summary.scripted
+    assert [g.gate for g in summary.final_gates] == [
+        "scope",
+        "secrets",
+        "syntax",
+        "lint",
+        "types",
+        "tests",
+        "acceptance",
+    ]
+    assert all(g.passed and not g.needs_approval for g in summary.final_gates)
+    # Each task: its gates, its held-out acceptance tests and the reviewer's approval.
+    for task in summary.tasks:
+        assert [g.gate for g in task.gates][-2:] == ["acceptance", "review"]
+        assert all(g.passed for g in task.gates)
+    assert summary.usage.calls == 9 + 2 + 2 and summary.scripted  # agent turns + plan, test writers, reviews
     # Worktrees are only caches: released at the end; the branches stay for inspection.
     assert not (factory_home / "worktrees" / request.run_id).exists()
     assert f"factory/{request.run_id}/add-slugify" in list_branches(str(demo_repo), "factory/")
@@ -56,6 +69,10 @@ async def test_task_that_never_passes_fails_after_the_attempt_cap(
     give_up = [{"content": [{"type": "text", "text": "I think it is fine."}], "stop_reason": "end_turn"}]
     transcript["tasks"]["add-slugify"] = [first_attempt, give_up]
     path = edited_transcript(tmp_path, tasks=transcript["tasks"])
+    (demo_repo / ".factory").mkdir()
+    (demo_repo / ".factory" / "policy.toml").write_text('[escalation]\non_caps_spent = "fail"\n')
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-q", "-m", "policy: fail instead of escalating")
     main_before = git(demo_repo, "rev-parse", "main")
 
     summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}", max_attempts=2))
@@ -63,7 +80,7 @@ async def test_task_that_never_passes_fails_after_the_attempt_cap(
     assert not summary.succeeded and summary.phase == "failed"
     slug, export = summary.tasks
     assert (slug.state, slug.attempts) == ("failed", 2)
-    assert "gates still failing after 2 attempt(s)" in slug.reason and "tests" in slug.reason
+    assert "attempt caps spent after 2 attempt(s)" in slug.reason and "tests" in slug.reason
     failing = [g for g in slug.gates if not g.passed]
     assert failing and failing[0].gate == "tests"
     assert failing[0].feedback and "test_slugify_drops_punctuation_and_outer_spaces" in failing[0].feedback

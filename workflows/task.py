@@ -1,33 +1,49 @@
-"""TaskWorkflow: one task, from workspace to a gated commit, one durable model turn at a time.
+"""TaskWorkflow: one task, from workspace to a gated (or human-approved) commit, one durable turn at a time.
 
-open workspace -> attempts: (agent_turn -> run_tools)* until the model ends its turn or the turn cap,
-then the gates; a failed gate becomes the next attempt's feedback; after the attempt cap the task fails
-with its diagnostics. Merging is the parent's job (it serialises merges).
+held-out tests -> attempts: (agent_turn -> run_tools)* -> deterministic gates -> reviewer. A failure becomes
+the next attempt's feedback, until the policy's caps per cause (lint, tests, review) or in total are spent;
+then, or when a change needs approval (protected paths, size), the task escalates: it waits durably for
+`approve`, `reject` or `retry` (with guidance) signals, or for the policy's deadline and default action.
+Every task ends `passed` (the parent merges it), `failed`, `rejected` or `cancelled`, with its reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
+    from darkfactory.constants import SA_NEEDS_REVIEW, SA_STATUS
     from darkfactory.contracts import (
+        AcceptanceInput,
+        AcceptanceSuite,
         AgentTurnInput,
         AgentTurnResult,
         AttemptBrief,
         AttemptRecord,
         BlobRef,
+        Decision,
+        DecisionAction,
+        DecisionInput,
+        EscalationState,
         GateReport,
+        GateResult,
         OpenWorkspaceInput,
+        ReviewInput,
+        ReviewResult,
         RunGatesInput,
         RunToolsInput,
         RunToolsResult,
         TaskInput,
+        TaskOutcome,
         TaskResult,
         Usage,
         WorkspaceRef,
@@ -42,6 +58,17 @@ MODEL_RETRY = RetryPolicy(
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
 )
+STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
+NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
+
+
+class Ended(Exception):
+    """Ends the task with an outcome and a reason."""
+
+    def __init__(self, outcome: TaskOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
 
 
 @workflow.defn
@@ -51,86 +78,234 @@ class TaskWorkflow:
         self._turn = 0
         self._phase = "starting"
         self._sha = ""
-        self._last_gates: GateReport | None = None
+        self._last_gates: list[GateResult] = []
+        self._escalation: EscalationState | None = None
+        self._answer: Decision | None = None
+        self._decisions: list[Decision] = []
+
+    # -- people ------------------------------------------------------------------------------------
+
+    @workflow.signal
+    def approve(self, input: DecisionInput | None = None) -> None:
+        """Approve the escalated change as it stands: it is merged."""
+        self._decide("approve", input)
+
+    @workflow.signal
+    def reject(self, input: DecisionInput | None = None) -> None:
+        """Reject the escalated task: it ends `rejected`."""
+        self._decide("reject", input)
+
+    @workflow.signal
+    def retry(self, input: DecisionInput | None = None) -> None:
+        """Try again; the note is guidance that reaches the next model request."""
+        self._decide("retry", input)
+
+    def _decide(self, action: DecisionAction, input: DecisionInput | None) -> None:
+        if self._escalation is None or self._answer is not None:
+            workflow.logger.warning("ignored %s: the task is not waiting for a person", action)
+            return
+        given = input or DecisionInput()
+        self._answer = Decision(
+            action=action, note=given.note, by=given.by or "unknown", at=workflow.now(), reason=self._escalation.reason
+        )
 
     @workflow.query
     def progress(self) -> dict[str, object]:
-        """Where the task stands: attempt, turn, phase, workspace sha and the last gate results."""
+        """Where the task stands: attempt, turn, phase, sha, last gate results, escalation and decisions."""
         return {
             "attempt": self._attempt,
             "turn": self._turn,
             "phase": self._phase,
             "sha": self._sha,
-            "gates": [r.model_dump(mode="json") for r in self._last_gates.results] if self._last_gates else [],
+            "gates": [r.model_dump(mode="json") for r in self._last_gates],
+            "escalation": self._escalation.model_dump(mode="json") if self._escalation else None,
+            "decisions": [d.model_dump(mode="json") for d in self._decisions],
         }
+
+    # -- the task ----------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: TaskInput) -> TaskResult:
-        config = input.config
-        timeouts = config.timeouts
-        ws: WorkspaceRef = await workflow.execute_activity_method(
-            WorkspaceActivities.open_workspace,
-            OpenWorkspaceInput(
-                run_id=input.run_id, task_id=input.task.id, repo_path=input.repo_path, base_sha=input.base_sha
-            ),
-            start_to_close_timeout=timedelta(seconds=timeouts.git_s),
-            retry_policy=STEP_RETRY,
-        )
-        self._sha = ws.sha
         attempts: list[AttemptRecord] = []
         usage = Usage()
-        feedback = ""
-        for attempt in range(1, config.max_attempts + 1):
-            self._attempt = attempt
-            record = await self._attempt_once(input, ws, attempt, feedback)
-            attempts.append(record)
+        try:
+            ws: WorkspaceRef = await workflow.execute_activity_method(
+                WorkspaceActivities.open_workspace,
+                OpenWorkspaceInput(
+                    run_id=input.run_id, task_id=input.task.id, repo_path=input.repo_path, base_sha=input.base_sha
+                ),
+                start_to_close_timeout=timedelta(seconds=input.config.timeouts.git_s),
+                retry_policy=STEP_RETRY,
+            )
+            self._sha = ws.sha
+            suite = await self._acceptance_suite(input)
+            if suite is not None:
+                usage = usage + suite.usage
+            outcome, reason = await self._work(input, ws, suite, attempts)
+        except Ended as ended:
+            outcome, reason = ended.outcome, ended.reason
+        except asyncio.CancelledError:
+            outcome, reason = "cancelled", "the task was cancelled"
+        for record in attempts:
             usage = usage + record.usage
-            if all(result.passed for result in record.gates):
-                self._phase = "passed"
-                return TaskResult(
-                    task_id=input.task.id,
-                    outcome="passed",
-                    final_sha=self._sha,
-                    base_sha=input.base_sha,
-                    attempts=attempts,
-                    reason="all gates passed",
-                    usage=usage,
-                )
-            feedback = self._last_gates.feedback if self._last_gates else ""
-        self._phase = "failed"
-        last = attempts[-1]
-        failing = [f"{result.gate}: {result.summary}" for result in last.gates if not result.passed]
-        reason = f"gates still failing after {len(attempts)} attempt(s): " + "; ".join(failing)
+        self._phase = outcome
+        self._set_search(outcome, needs_review=False)
         return TaskResult(
             task_id=input.task.id,
-            outcome="failed",
+            outcome=outcome,
             final_sha=self._sha,
             base_sha=input.base_sha,
             attempts=attempts,
             reason=reason,
             usage=usage,
+            decisions=self._decisions,
         )
 
-    async def _attempt_once(self, input: TaskInput, ws: WorkspaceRef, attempt: int, feedback: str) -> AttemptRecord:
+    async def _work(
+        self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, attempts: list[AttemptRecord]
+    ) -> tuple[TaskOutcome, str]:
+        limits = input.policy.limits
+        max_attempts = input.config.max_attempts or limits.max_attempts
+        failures: Counter[str] = Counter()
+        budget = max_attempts
+        feedback = ""
+        while True:
+            self._attempt += 1
+            record = await self._attempt_once(input, ws, suite, feedback)
+            attempts.append(record)
+            failed = next((r for r in record.gates if not r.passed), None)
+            approvals = [f"{r.gate}: {r.needs_approval}" for r in record.gates if r.needs_approval]
+            if failed is None and not approvals:
+                return "passed", "all gates passed" + (" and the reviewer approved" if self._reviewed(input) else "")
+            if failed is None:
+                reason = "needs a person's approval: " + "; ".join(approvals)
+            else:
+                cause = "tests" if failed.gate == "acceptance" else failed.gate
+                failures[cause] += 1
+                feedback = _feedback(record.gates)
+                cap = getattr(limits, cause, limits.max_attempts)
+                if failures[cause] < cap and len(attempts) < budget:
+                    continue
+                disagreement = " (every deterministic gate passes; the reviewer disagrees)" if cause == "review" else ""
+                reason = (
+                    f"attempt caps spent after {len(attempts)} attempt(s); last failure: "
+                    f"{failed.gate}: {failed.summary}{disagreement}"
+                )
+                if input.policy.escalation.on_caps_spent == "fail":
+                    return "failed", reason
+            decision = await self._escalate(input, reason)
+            if decision.action == "approve":
+                return "passed", f"approved by {decision.by}" + (f": {decision.note}" if decision.note else "")
+            if decision.action == "reject":
+                return "rejected", f"rejected by {decision.by}" + (f": {decision.note}" if decision.note else "")
+            # retry: a fresh set of caps, with the person's guidance first in the feedback
+            failures.clear()
+            budget = len(attempts) + max_attempts
+            guidance = f"## Guidance from {decision.by}\n{decision.note}".rstrip()
+            feedback = f"{guidance}\n\n{feedback}".strip()
+
+    def _reviewed(self, input: TaskInput) -> bool:
+        return "review" in input.policy.gates and input.policy.review.enabled
+
+    async def _escalate(self, input: TaskInput, reason: str) -> Decision:
+        """Wait, durably, for a person (or the policy's deadline) to decide."""
+        policy = input.policy.escalation
+        now = workflow.now()
+        deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
+        self._escalation = EscalationState(
+            reason=reason,
+            since=now,
+            attempt=self._attempt,
+            sha=self._sha,
+            deadline=now + deadline if deadline else None,
+        )
+        self._answer = None
+        self._phase = "escalated"
+        self._set_search("escalated", needs_review=True)
+        workflow.upsert_memo(
+            {
+                "escalation": self._escalation.model_dump(mode="json"),
+                "run_id": input.run_id,
+                "task_id": input.task.id,
+                "title": input.task.title,
+            }
+        )
+        workflow.logger.info("task %s escalated: %s", input.task.id, reason)
+        try:
+            await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
+            assert_answer = self._answer
+        except TimeoutError:
+            assert_answer = Decision(
+                action=policy.default_action,
+                note="the escalation deadline passed",
+                by="policy (deadline)",
+                at=workflow.now(),
+                reason=reason,
+            )
+        if assert_answer is None:  # wait_condition returned, so an answer is there
+            raise ApplicationError("escalation ended without a decision", non_retryable=True)
+        self._decisions.append(assert_answer)
+        self._escalation = None
+        self._phase = "deciding"
+        self._set_search("running", needs_review=False)
+        workflow.upsert_memo({"escalation": None})
+        return assert_answer
+
+    def _set_search(self, status: str, *, needs_review: bool) -> None:
+        workflow.upsert_search_attributes([STATUS.value_set(status), NEEDS_REVIEW.value_set(needs_review)])
+
+    async def _acceptance_suite(self, input: TaskInput) -> AcceptanceSuite | None:
+        """The task's held-out tests: the spec's, or written now from its acceptance criteria."""
+        if "acceptance" not in input.policy.gates:
+            return None
+        if input.acceptance is not None:
+            return input.acceptance
+        if not input.task.acceptance:
+            return None
+        self._phase = "writing acceptance tests"
+        try:
+            suite: AcceptanceSuite = await workflow.execute_activity_method(
+                ModelActivities.write_acceptance_tests,
+                AcceptanceInput(
+                    run_id=input.run_id,
+                    task=input.task,
+                    spec=input.spec,
+                    repo_path=input.repo_path,
+                    base_sha=input.base_sha,
+                    config=input.config,
+                ),
+                start_to_close_timeout=timedelta(seconds=input.config.timeouts.model_call_s),
+                heartbeat_timeout=timedelta(seconds=input.config.timeouts.heartbeat_s),
+                retry_policy=MODEL_RETRY,
+            )
+        except ActivityError as exc:
+            raise Ended("failed", f"could not write held-out acceptance tests: {_cause(exc)}") from exc
+        return suite
+
+    async def _attempt_once(
+        self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, feedback: str
+    ) -> AttemptRecord:
         config = input.config
         timeouts = config.timeouts
+        attempt = self._attempt
         brief = AttemptBrief(
             spec=input.spec,
             task=input.task,
             attempt=attempt,
-            max_attempts=config.max_attempts,
+            max_attempts=input.config.max_attempts or input.policy.limits.max_attempts,
             repo_path=input.repo_path,
             sha=self._sha,
             feedback=feedback,
+            acceptance_names=suite.names if suite else [],
         )
         transcript: BlobRef | None = None
         usage = Usage()
-        stop: str = "turn_limit"
+        stop = "turn_limit"
         turns = 0
         self._phase = "agent"
         for turn in range(1, config.max_turns + 1):
             self._turn = turns = turn
-            answer: AgentTurnResult = await workflow.execute_activity_method(
+            answer: AgentTurnResult = await self._step(
                 ModelActivities.agent_turn,
                 AgentTurnInput(
                     run_id=input.run_id,
@@ -141,16 +316,16 @@ class TaskWorkflow:
                     transcript_ref=transcript,
                     brief=brief if transcript is None else None,
                 ),
-                start_to_close_timeout=timedelta(seconds=timeouts.model_call_s),
-                heartbeat_timeout=timedelta(seconds=timeouts.heartbeat_s),
-                retry_policy=MODEL_RETRY,
+                timeouts.model_call_s,
+                timeouts.heartbeat_s,
+                MODEL_RETRY,
             )
             usage = usage + answer.usage
             transcript = answer.transcript_ref
             if not answer.tool_calls:
                 stop = "end_turn"
                 break
-            tools: RunToolsResult = await workflow.execute_activity_method(
+            tools: RunToolsResult = await self._step(
                 WorkspaceActivities.run_tools,
                 RunToolsInput(
                     run_id=input.run_id,
@@ -162,14 +337,14 @@ class TaskWorkflow:
                     tool_calls=answer.tool_calls,
                     commit_time=int(workflow.now().timestamp()),
                 ),
-                start_to_close_timeout=timedelta(seconds=timeouts.tools_s),
-                heartbeat_timeout=timedelta(seconds=timeouts.heartbeat_s),
-                retry_policy=STEP_RETRY,
+                timeouts.tools_s,
+                timeouts.heartbeat_s,
+                STEP_RETRY,
             )
             transcript = tools.transcript_ref
             self._sha = tools.sha
         self._phase = "gates"
-        report: GateReport = await workflow.execute_activity_method(
+        report: GateReport = await self._step(
             GateActivities.run_gates,
             RunGatesInput(
                 run_id=input.run_id,
@@ -179,21 +354,90 @@ class TaskWorkflow:
                 sha=self._sha,
                 base_sha=input.base_sha,
                 config=config,
+                policy=input.policy,
+                task_type=input.task.type,
+                acceptance_ref=suite.files_ref if suite else None,
             ),
-            start_to_close_timeout=timedelta(seconds=timeouts.gates_s),
-            heartbeat_timeout=timedelta(seconds=max(timeouts.heartbeat_s, 30.0)),
-            retry_policy=STEP_RETRY,
+            timeouts.gates_s,
+            max(timeouts.heartbeat_s, 30.0),
+            STEP_RETRY,
         )
-        self._last_gates = report
+        gates = list(report.results)
+        if report.passed and self._reviewed(input):
+            self._phase = "review"
+            review: ReviewResult = await self._step(
+                ModelActivities.review_change,
+                ReviewInput(
+                    run_id=input.run_id,
+                    task_id=input.task.id,
+                    attempt=attempt,
+                    repo_path=input.repo_path,
+                    base_sha=input.base_sha,
+                    sha=self._sha,
+                    spec=input.spec,
+                    task=input.task,
+                    gates=gates,
+                    model=input.policy.review.model or config.model,
+                    config=config,
+                    max_attempts=brief.max_attempts,
+                ),
+                timeouts.model_call_s,
+                timeouts.heartbeat_s,
+                MODEL_RETRY,
+            )
+            usage = usage + review.usage
+            gates.append(_review_gate(review))
+        self._last_gates = gates
         workflow.logger.info(
-            "attempt %d of task %s: gates %s", attempt, input.task.id, "passed" if report.passed else "failed"
+            "attempt %d of task %s: %s", attempt, input.task.id, "passed" if all(g.passed for g in gates) else "failed"
         )
         return AttemptRecord(
             attempt=attempt,
             turns=turns,
             final_sha=self._sha,
             stop="end_turn" if stop == "end_turn" else "turn_limit",
-            gates=report.results,
+            gates=gates,
             usage=usage,
             transcript_ref=transcript,
         )
+
+    async def _step(self, method, arg, timeout_s: float, heartbeat_s: float, retry: RetryPolicy):  # type: ignore[no-untyped-def]
+        """An activity of the attempt; a non-retryable failure ends the task `failed` with its message."""
+        try:
+            return await workflow.execute_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=timedelta(seconds=timeout_s),
+                heartbeat_timeout=timedelta(seconds=heartbeat_s),
+                retry_policy=retry,
+            )
+        except ActivityError as exc:
+            raise Ended("failed", _cause(exc)) from exc
+
+
+def _review_gate(review: ReviewResult) -> GateResult:
+    verdict = review.verdict
+    findings = "\n".join(
+        f"- {f.file}{f':{f.line}' if f.line else ''} [{f.severity}] {f.message}" for f in verdict.findings[:20]
+    )
+    return GateResult(
+        gate="review",
+        passed=verdict.verdict == "approve",
+        summary=("approved: " if verdict.verdict == "approve" else "changes requested: ") + verdict.summary[:200],
+        feedback="" if verdict.verdict == "approve" else f"{verdict.summary}\n{findings}".strip(),
+        details_ref=review.transcript_ref,
+    )
+
+
+def _feedback(gates: list[GateResult]) -> str:
+    return GateReport(sha="", results=gates).feedback
+
+
+def _cause(exc: BaseException) -> str:
+    """The message of the first ApplicationError under an activity failure: the one written for people."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ApplicationError) and current.message:
+            return current.message
+        current = current.__cause__
+    return str(exc)
