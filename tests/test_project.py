@@ -79,3 +79,14 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean_on_the_domain_library() -> None:
     result = subprocess.run([str(BIN / "mypy"), "darkfactory"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_the_readme_policy_example_is_a_valid_policy() -> None:
+    from darkfactory.policy import parse_policy
+
+    example = re.search(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert example is not None
+    policy = parse_policy(example.group(1))
+    assert policy.protected == ["migrations/**"]
+    assert policy.commands.test == ["python", "-m", "pytest", "-q"]
+    assert policy.escalation.default_action == "reject"
