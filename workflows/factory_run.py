@@ -228,7 +228,13 @@ class FactoryRunWorkflow:
                 ended.add(task.id)
                 continue
             head = merged.integration_sha
-            self._set_task(task.id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}", **summary)
+            self._set_task(
+                task.id,
+                state="merged",
+                merged_sha=head,
+                reason=f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else ""),
+                **summary,
+            )
         return head
 
     async def _activity(
