@@ -33,10 +33,11 @@ from darkfactory import devserver
 from darkfactory.constants import DEFAULT_MODEL, SA_NEEDS_REVIEW, TASK_QUEUE, run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput, RunConfig, RunRequest, RunState, ShipMode, slugify_run_id
 from darkfactory.llm import ScriptedTranscript
+from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.report import print_progress, print_summary
 from darkfactory.settings import FactorySettings, TemporalSettings
 from darkfactory.telemetry import configure_logging
-from darkfactory.workspace import TargetError, validate_target
+from darkfactory.workspace import TargetError, read_file_at, validate_target
 from workflows import FactoryRunWorkflow
 from workflows.factory_run import REPO, STATUS
 
@@ -84,6 +85,18 @@ def resolve_model(model: str | None, remote: bool) -> str:
             "or pass --model scripted:PATH to play a recorded transcript"
         )
     return chosen
+
+
+def read_acceptance_tests(directory: Path | None) -> dict[str, str]:
+    """The spec's held-out acceptance tests: every test_*.py file in `directory` (not recursive)."""
+    if directory is None:
+        return {}
+    if not directory.is_dir():
+        raise UsageError(f"acceptance tests directory {directory} does not exist")
+    files = {path.name: path.read_text() for path in sorted(directory.glob("test_*.py")) if path.is_file()}
+    if not files:
+        raise UsageError(f"{directory} has no test_*.py files; put the held-out acceptance tests there")
+    return files
 
 
 def new_run_id(spec: str) -> str:
@@ -202,11 +215,16 @@ def run(
         None, help="Attempts per task before it escalates (default: the policy's)."
     ),
     max_turns: int = typer.Option(30, help="Model turns per attempt."),
+    acceptance_tests: Path | None = typer.Option(
+        None, help="A directory of held-out test_*.py files the spec carries; the agent never sees their code."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
     """Plan a spec, build it task by task in branches, gate it, merge it and ship it. Waits for the end."""
     try:
-        request = build_request(repo, spec, spec_text, base, ship, model, run_id, max_attempts, max_turns)
+        request = build_request(
+            repo, spec, spec_text, base, ship, model, run_id, max_attempts, max_turns, acceptance_tests
+        )
     except UsageError as exc:
         fail(str(exc))
     summary = asyncio.run(run_and_watch(request, as_json))
@@ -223,12 +241,14 @@ def build_request(
     run_id: str | None,
     max_attempts: int | None,
     max_turns: int,
+    acceptance_tests: Path | None = None,
 ) -> RunRequest:
     text = read_spec(spec, spec_text)
     repo_path = str(repo.expanduser().resolve())
     try:
-        validate_target(repo_path, base)
-    except TargetError as exc:
+        base_sha = validate_target(repo_path, base)
+        parse_policy(read_file_at(repo_path, base_sha, POLICY_PATH), f"{POLICY_PATH} on {base}")
+    except (TargetError, PolicyError) as exc:
         raise UsageError(str(exc)) from exc
     if ship not in ("branch", "merge"):
         raise UsageError(f"--ship {ship!r} is not a ship mode; use branch or merge")
@@ -237,7 +257,12 @@ def build_request(
     try:
         config = RunConfig(model=chosen, ship=ship_mode, max_attempts=max_attempts, max_turns=max_turns)
         return RunRequest(
-            run_id=run_id or new_run_id(text), repo_path=repo_path, spec=text, base_branch=base, config=config
+            run_id=run_id or new_run_id(text),
+            repo_path=repo_path,
+            spec=text,
+            base_branch=base,
+            config=config,
+            acceptance_tests=read_acceptance_tests(acceptance_tests),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -121,6 +121,28 @@ def test_an_empty_spec_is_refused_and_creates_no_branch(
     assert _no_factory_branches(demo_repo)
 
 
+def test_an_invalid_policy_file_is_refused_naming_the_key_before_anything_starts(
+    cli_env: dict[str, str], demo_repo: Path
+) -> None:
+    (demo_repo / ".factory").mkdir()
+    (demo_repo / ".factory" / "policy.toml").write_text("[limits]\nmax_atempts = 5\n")
+    git(demo_repo, "add", "-A")
+    git(demo_repo, "commit", "-q", "-m", "policy with a typo")
+    result = factory(
+        cli_env,
+        "run",
+        "--repo",
+        str(demo_repo),
+        "--spec",
+        str(DEMO / "spec.md"),
+        "--model",
+        f"scripted:{DEMO / 'transcript.json'}",
+    )
+    assert result.returncode == 2
+    assert "limits.max_atempts" in result.stderr and ".factory/policy.toml" in result.stderr
+    assert _no_factory_branches(demo_repo)
+
+
 def test_no_api_key_and_no_transcript_says_what_to_set(cli_env: dict[str, str], demo_repo: Path) -> None:
     result = factory(cli_env, "run", "--repo", str(demo_repo), "--spec", str(DEMO / "spec.md"))
     assert result.returncode == 2

@@ -230,3 +230,18 @@ async def test_an_unanswered_escalation_takes_the_policys_default_action_at_its_
         "policy (deadline)",
         "the escalation deadline passed",
     )
+
+
+async def test_a_per_cause_cap_from_the_policy_escalates_before_the_total_cap(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path
+) -> None:
+    with_policy(demo_repo, "[limits]\nmax_attempts = 5\ntests = 1\n")
+    request = request_for(demo_repo, f"scripted:{never_passing(tmp_path)}")
+    async with started(client, factory_home, request) as handle:
+        progress = await escalation_of(client, request.run_id, "add-slugify")
+        assert progress["attempt"] == 1
+        assert "attempt caps spent after 1 attempt(s); last failure: tests" in progress["escalation"]["reason"]
+        answer = cli(address(client), "reject", request.run_id, "add-slugify", "--by", "ed")
+        assert answer.returncode == 0, answer.stderr
+        summary = await handle.result()
+    assert summary.tasks[0].state == "rejected"

@@ -121,3 +121,24 @@ async def test_plan_that_breaks_the_schema_fails_the_run_naming_the_field(
 
     assert summary.phase == "failed"
     assert "plan is invalid" in summary.error and "tasks.1.title" in summary.error
+
+
+async def test_acceptance_tests_carried_by_the_spec_gate_the_final_task_instead_of_generated_ones(
+    client: Client, factory_home: Path, demo_repo: Path
+) -> None:
+    held_out = (
+        "import textkit\n\n\n"
+        "def test_spec_slug_of_a_title():\n    assert textkit.slugify('A Tale, Of Two') == 'a-tale-of-two'\n"
+    )
+    request = request_for(demo_repo, f"scripted:{DEMO / 'transcript.json'}").model_copy(
+        update={"acceptance_tests": {"test_from_the_spec.py": held_out}}
+    )
+
+    summary = await run_to_end(client, factory_home, request)
+
+    assert summary.succeeded, summary.error
+    export = summary.tasks[1]
+    acceptance = next(g for g in export.gates if g.gate == "acceptance")
+    assert acceptance.passed and "1 passed" in acceptance.summary
+    assert summary.usage.calls == 9 + 1 + 2  # the final task's tests came with the spec: one writer call fewer
+    assert not list(demo_repo.rglob("test_from_the_spec.py"))  # never in the agent's workspace

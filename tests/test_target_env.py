@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from darkfactory.target_env import ensure_target_env, fingerprint
+import pytest
+
+from darkfactory.target_env import TargetEnvError, ensure_target_env, fingerprint
 from tests.conftest import DEMO
 
 
@@ -48,3 +50,28 @@ def test_a_half_built_environment_is_rebuilt(tmp_path: Path) -> None:
     rebuilt = ensure_target_env(DEMO / "repo", tmp_path / "envs")
 
     assert rebuilt.python.exists() and (rebuilt.root / ".ready").exists()
+
+
+def test_a_suite_that_needs_its_own_plugin_runs_as_in_its_own_ci(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[tool.pytest.ini_options]\nasyncio_mode = "auto"\n')
+    (repo / "tests" / "test_async.py").write_text(
+        "import asyncio\n\n\nasync def test_sleeps_zero():\n    assert await asyncio.sleep(0, result=7) == 7\n"
+    )
+    plain = ensure_target_env(repo, tmp_path / "envs")
+    without_plugin = subprocess.run(
+        [str(plain.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, capture_output=True, text=True
+    )
+    assert without_plugin.returncode != 0  # our pytest-asyncio did not leak in to make it pass
+
+    setup = [["python", "-m", "pip", "install", "--quiet", "pytest", "pytest-asyncio"]]
+    try:
+        env = ensure_target_env(repo, tmp_path / "envs", setup)
+    except TargetEnvError as exc:
+        pytest.skip(f"the package index is not reachable here: {str(exc)[:200]}")
+    result = subprocess.run(
+        [str(env.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+    assert env.fingerprint != plain.fingerprint
