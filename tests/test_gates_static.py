@@ -14,8 +14,8 @@ import pytest
 
 from darkfactory.blobs import BlobStore
 from darkfactory.gates import GateContext
-from darkfactory.gates_scope import scope_gate, weakened_tests
-from darkfactory.gates_secrets import detect_secrets_findings, secrets_gate
+from darkfactory.gates.scope import scope_gate, weakened_tests
+from darkfactory.gates.secrets import detect_secrets_findings, secrets_gate
 from darkfactory.policy import Limits, Policy, TaskType, TaskTypeRules
 from darkfactory.target_env import TargetEnv
 from darkfactory.workspace import changed_paths

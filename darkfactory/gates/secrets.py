@@ -19,17 +19,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from detect_secrets.core.scan import scan_file
 from detect_secrets.settings import default_settings
 
 from darkfactory.contracts import GateResult
+from darkfactory.gates.context import GateContext
 from darkfactory.workspace import GitRun
-
-if TYPE_CHECKING:
-    # Only for annotations: gates.py imports this module to register the gate (a runtime import would be circular).
-    from darkfactory.gates import GateContext
 
 FEEDBACK_LIMIT = 4000
 """Characters of feedback, the same bound as the other gates."""

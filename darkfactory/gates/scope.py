@@ -16,16 +16,11 @@ import ast
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from darkfactory.contracts import GateResult
+from darkfactory.gates.context import GateContext
 from darkfactory.policy import TaskTypeRules, is_test_path, matches
 from darkfactory.workspace import GitRun
-
-if TYPE_CHECKING:
-    # Only for annotations: gates.py imports this module to register the gate, so a runtime import
-    # of gates.py from here would be circular.
-    from darkfactory.gates import GateContext
 
 FEEDBACK_LIMIT = 4000
 """Characters of feedback, the same bound as the other gates."""

@@ -1,0 +1,155 @@
+"""The lint gate: ruff on the changed files with the target's own configuration; only new findings fail."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from darkfactory.contracts import GateResult
+from darkfactory.gates.common import (
+    MAX_ITEMS,
+    TOOL_TIMEOUT_S,
+    bounded,
+    budget,
+    context_lines,
+    details_blob,
+    is_regular,
+    listed_notes,
+    new_only,
+    python_files,
+    transcript,
+    tree_text,
+)
+from darkfactory.gates.context import GateContext
+from darkfactory.sandbox import CommandResult, run_command
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One ruff finding. `text` (the stripped source line) is what tells it apart from one on the base:
+    line numbers move when code is added above."""
+
+    path: str
+    row: int
+    col: int
+    code: str
+    message: str
+    text: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.path, self.code, self.text)
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.row}:{self.col}: {self.code} {self.message}"
+
+
+def ruff_binary() -> Path:
+    """ruff from darkfactory's own environment: a static binary that only reads the target's files."""
+    candidate = Path(sys.executable).parent / "ruff"
+    return candidate if candidate.exists() else Path("ruff")
+
+
+def run_ruff(ctx: GateContext, tree: Path, files: Sequence[str]) -> tuple[CommandResult, list[Finding] | None]:
+    """ruff on `files` in `tree` with that tree's configuration; findings None when ruff did not work."""
+    ruff = ruff_binary()
+    result = run_command(
+        [str(ruff), "check", "--no-cache", "--output-format=json", "--", *files],
+        cwd=tree,
+        readonly_paths=[ruff.parent] if ruff.is_absolute() else [],
+        timeout_s=budget(ctx, TOOL_TIMEOUT_S),
+        on_tick=ctx.on_tick,
+    )
+    if result.timed_out or result.returncode not in (0, 1):
+        return result, None
+    start = re.search(r"^\[", result.output, re.MULTILINE)
+    try:
+        raw = json.loads(result.output[start.start() :] if start else result.output)
+    except json.JSONDecodeError:
+        return result, None
+    if not isinstance(raw, list):
+        return result, None
+    lines = _Lines(tree)
+    findings: list[Finding] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        path = _relative(tree, str(item.get("filename", "?")))
+        location = item.get("location")
+        row = int(location.get("row", 0)) if isinstance(location, dict) else 0
+        col = int(location.get("column", 0)) if isinstance(location, dict) else 0
+        code = str(item.get("code") or "syntax")
+        findings.append(Finding(path, row, col, code, str(item.get("message", "")), lines.get(path, row).strip()))
+    return result, findings
+
+
+def lint_gate(ctx: GateContext) -> GateResult:
+    """ruff on the changed files, with the target repository's own configuration; only new findings fail."""
+    files = python_files(ctx)
+    if not files:
+        return GateResult(gate="lint", passed=True, summary="no changed Python files")
+    result, findings = run_ruff(ctx, ctx.worktree, files)
+    outputs = [transcript(result)]
+    if result.timed_out:
+        return GateResult(gate="lint", passed=False, summary="ruff timed out", details_ref=details_blob(ctx, outputs))
+    if findings is None:
+        # A linter that crashes fails the gate: an unchecked change is not a passing change.
+        return GateResult(
+            gate="lint",
+            passed=False,
+            summary=f"ruff failed to run (exit {result.returncode})",
+            feedback=bounded(result.output),
+            details_ref=details_blob(ctx, outputs),
+        )
+    new, old, notes = findings, list[Finding](), list[str]()
+    if findings and ctx.base_worktree is not None:
+        base_files = [path for path in files if is_regular(ctx.base_worktree, path)]
+        if base_files:
+            base_result, base_findings = run_ruff(ctx, ctx.base_worktree, base_files)
+            outputs.append(transcript(base_result))
+            if base_findings is None:
+                notes.append("ruff did not run on the base commit: every finding counts as new")
+            else:
+                new, old = new_only(findings, base_findings, lambda finding: finding.key)
+    notes += listed_notes("already on the base commit", [str(finding) for finding in old])
+    details = details_blob(ctx, outputs)
+    already = f" ({len(old)} already on the base commit)" if old else ""
+    if not new:
+        summary = f"ruff: {len(files)} file(s) clean" if not old else f"ruff: no new findings{already}"
+        return GateResult(gate="lint", passed=True, summary=summary, details_ref=details, notes=notes)
+    lines = [f"{finding}\n{context_lines(ctx.worktree, finding.path, finding.row)}" for finding in new[:MAX_ITEMS]]
+    if len(new) > MAX_ITEMS:
+        lines.append(f"... and {len(new) - MAX_ITEMS} more finding(s)")
+    return GateResult(
+        gate="lint",
+        passed=False,
+        summary=f"ruff: {len(new)} new finding(s){already}",
+        feedback=bounded("\n".join(lines)),
+        details_ref=details,
+        notes=notes,
+    )
+
+
+class _Lines:
+    """Source lines of a tree's files, read once each, safely."""
+
+    def __init__(self, tree: Path) -> None:
+        self._tree = tree
+        self._files: dict[str, list[str]] = {}
+
+    def get(self, path: str, row: int) -> str:
+        if path not in self._files:
+            self._files[path] = (tree_text(self._tree, path) or "").splitlines()
+        lines = self._files[path]
+        return lines[row - 1] if 0 < row <= len(lines) else ""
+
+
+def _relative(tree: Path, filename: str) -> str:
+    try:
+        return str(Path(filename).resolve().relative_to(tree.resolve()))
+    except (ValueError, OSError):
+        return filename
