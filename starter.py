@@ -215,6 +215,7 @@ def run(
         None, help="Attempts per task before it escalates (default: the policy's)."
     ),
     max_turns: int = typer.Option(30, help="Model turns per attempt."),
+    max_parallel: int = typer.Option(4, help="Tasks run at the same time (those whose dependencies are merged)."),
     acceptance_tests: Path | None = typer.Option(
         None, help="A directory of held-out test_*.py files the spec carries; the agent never sees their code."
     ),
@@ -223,7 +224,7 @@ def run(
     """Plan a spec, build it task by task in branches, gate it, merge it and ship it. Waits for the end."""
     try:
         request = build_request(
-            repo, spec, spec_text, base, ship, model, run_id, max_attempts, max_turns, acceptance_tests
+            repo, spec, spec_text, base, ship, model, run_id, max_attempts, max_turns, acceptance_tests, max_parallel
         )
     except UsageError as exc:
         fail(str(exc))
@@ -242,6 +243,7 @@ def build_request(
     max_attempts: int | None,
     max_turns: int,
     acceptance_tests: Path | None = None,
+    max_parallel: int = 4,
 ) -> RunRequest:
     text = read_spec(spec, spec_text)
     repo_path = str(repo.expanduser().resolve())
@@ -255,7 +257,9 @@ def build_request(
     ship_mode: ShipMode = "merge" if ship == "merge" else "branch"
     chosen = resolve_model(model, remote=TemporalSettings().remote)
     try:
-        config = RunConfig(model=chosen, ship=ship_mode, max_attempts=max_attempts, max_turns=max_turns)
+        config = RunConfig(
+            model=chosen, ship=ship_mode, max_attempts=max_attempts, max_turns=max_turns, max_parallel=max_parallel
+        )
         return RunRequest(
             run_id=run_id or new_run_id(text),
             repo_path=repo_path,

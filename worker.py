@@ -30,7 +30,7 @@ from activities.model import ModelActivities
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
-from darkfactory.constants import SEARCH_ATTRIBUTES, TASK_QUEUE
+from darkfactory.constants import QUEUE_CLASSES, SEARCH_ATTRIBUTES, TASK_QUEUE, queue_name
 from darkfactory.llm import ModelClient, build_model_client
 from darkfactory.settings import FactorySettings, TemporalSettings
 from darkfactory.telemetry import configure_logging, configure_tracing, shutdown_tracing
@@ -108,6 +108,22 @@ async def ensure_search_attributes(client: Client) -> None:
         log.info("search_attributes_registered", names=sorted(missing))
 
 
+class FactoryWorkers:
+    """One Temporal worker per resource class this process serves, started and stopped together."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    async def __aenter__(self) -> FactoryWorkers:
+        for worker in self.workers:
+            await worker.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in reversed(self.workers):
+            await worker.__aexit__(None, None, None)
+
+
 def build_worker(
     client: Client,
     settings: FactorySettings,
@@ -115,38 +131,68 @@ def build_worker(
     task_queue: str = TASK_QUEUE,
     model_clients: ModelClients | None = None,
     max_concurrent_activities: int | None = None,
-) -> Worker:
-    """A worker serving every workflow and activity of the factory on `task_queue`."""
+    serve: Sequence[str] = QUEUE_CLASSES,
+) -> FactoryWorkers:
+    """Workers for the resource classes in `serve` (all by default), each capped by what limits it:
+    workflows and git steps by a thread pool, model calls by the provider's rate limits, gates by cores."""
+    unknown = set(serve) - set(QUEUE_CLASSES)
+    if unknown:
+        raise ValueError(f"unknown resource class(es) {sorted(unknown)}; choose from {', '.join(QUEUE_CLASSES)}")
     blobs = BlobStore(settings.blobs_dir)
     model = ModelActivities(model_clients or ModelClients(), blobs)
     workspace = WorkspaceActivities(settings, blobs)
     gates = GateActivities(settings, blobs)
     slots = max_concurrent_activities or settings.max_concurrent_activities
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=WORKFLOWS,
-        activities=[
-            model.plan_run,
-            model.agent_turn,
-            model.review_change,
-            model.write_acceptance_tests,
-            workspace.prepare_run,
-            workspace.open_workspace,
-            workspace.run_tools,
-            workspace.merge_task,
-            workspace.ship_run,
-            workspace.release_workspaces,
-            gates.run_gates,
-        ],
-        # git, tools and gates block: they run as sync activities in this pool.
-        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=slots),
-        max_concurrent_activities=slots,
-        interceptors=[LogContextInterceptor()],
-    )
+    workers: list[Worker] = []
+    if "workflows" in serve:
+        workers.append(
+            Worker(
+                client,
+                task_queue=queue_name(task_queue, "workflows"),
+                workflows=WORKFLOWS,
+                activities=[
+                    workspace.prepare_run,
+                    workspace.open_workspace,
+                    workspace.run_tools,
+                    workspace.merge_task,
+                    workspace.restore_branch,
+                    workspace.ship_run,
+                    workspace.release_workspaces,
+                ],
+                # git and tools block: they run as sync activities in this pool.
+                activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=slots),
+                max_concurrent_activities=slots,
+                interceptors=[LogContextInterceptor()],
+            )
+        )
+    if "model" in serve:
+        workers.append(
+            Worker(
+                client,
+                task_queue=queue_name(task_queue, "model"),
+                activities=[model.plan_run, model.agent_turn, model.review_change, model.write_acceptance_tests],
+                max_concurrent_activities=settings.model_concurrency,
+                # Server-side, for the whole queue across workers: the provider's rate limit is global.
+                max_task_queue_activities_per_second=settings.model_calls_per_second,
+                interceptors=[LogContextInterceptor()],
+            )
+        )
+    if "gates" in serve:
+        cores = settings.gate_concurrency or os.cpu_count() or 1
+        workers.append(
+            Worker(
+                client,
+                task_queue=queue_name(task_queue, "gates"),
+                activities=[gates.run_gates],
+                activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=cores),
+                max_concurrent_activities=cores,
+                interceptors=[LogContextInterceptor()],
+            )
+        )
+    return FactoryWorkers(workers)
 
 
-async def run_worker(task_queue: str, max_concurrent: int | None) -> None:
+async def run_worker(task_queue: str, max_concurrent: int | None, serve: Sequence[str] = QUEUE_CLASSES) -> None:
     temporal = TemporalSettings()
     settings = FactorySettings()
     address = temporal.address
@@ -158,12 +204,21 @@ async def run_worker(task_queue: str, max_concurrent: int | None) -> None:
     await ensure_search_attributes(client)
     if not os.environ.get("ANTHROPIC_API_KEY"):
         log.warning("no_anthropic_key", hint="only scripted:... models will work on this worker")
-    worker = build_worker(client, settings, task_queue=task_queue, max_concurrent_activities=max_concurrent)
+    worker = build_worker(
+        client, settings, task_queue=task_queue, max_concurrent_activities=max_concurrent, serve=serve
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    log.info("worker_started", address=address, namespace=client.namespace, task_queue=task_queue, pid=os.getpid())
+    log.info(
+        "worker_started",
+        address=address,
+        namespace=client.namespace,
+        task_queue=task_queue,
+        serves=list(serve),
+        pid=os.getpid(),
+    )
     async with worker:
         await stop.wait()
     log.info("worker_stopped")
@@ -179,10 +234,14 @@ def serve(
         None, help="Activity slots (default DARKFACTORY_MAX_CONCURRENT_ACTIVITIES or 8)."
     ),
     log_level: str = typer.Option("INFO", help="Log level."),
+    serve: str = typer.Option(
+        ",".join(QUEUE_CLASSES), help="Resource classes to serve: workflows, model, gates (comma-separated)."
+    ),
 ) -> None:
     """Serve the factory's workflows and activities until SIGINT/SIGTERM. Logs are JSON lines on stderr."""
     configure_logging(log_level)
-    asyncio.run(run_worker(task_queue, max_concurrent))
+    classes = [name.strip() for name in serve.split(",") if name.strip()]
+    asyncio.run(run_worker(task_queue, max_concurrent, classes))
 
 
 def exit_cleanly(run: Callable[[], object]) -> NoReturn:

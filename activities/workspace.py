@@ -24,6 +24,7 @@ from darkfactory.contracts import (
     OpenWorkspaceInput,
     PreparedRun,
     PrepareRunInput,
+    RestoreBranchInput,
     RunToolsInput,
     RunToolsResult,
     ShipInput,
@@ -66,7 +67,13 @@ class WorkspaceActivities:
 
     @activity.defn
     def open_workspace(self, input: OpenWorkspaceInput) -> WorkspaceRef:
-        return workspace.open_task_branch(input.repo_path, input.run_id, input.task_id, input.base_sha)
+        return workspace.open_task_branch(input.repo_path, input.run_id, input.task_id, input.base_sha, input.reset)
+
+    @activity.defn
+    def restore_branch(self, input: RestoreBranchInput) -> None:
+        """Undo a merge by moving the integration branch back (compare-and-swap; idempotent)."""
+        workspace.restore_branch(input.repo_path, input.branch, input.sha, input.expected)
+        log.info("merge_undone", branch=input.branch, back_to=input.sha)
 
     @activity.defn
     def run_tools(self, input: RunToolsInput) -> RunToolsResult:

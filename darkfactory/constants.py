@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 TASK_QUEUE = "darkfactory"
-"""The task queue workflows and activities run on (one queue until resource classes split it)."""
+"""The task queue of workflows and git steps; model calls and gates use the same name plus a suffix."""
+MODEL_QUEUE_SUFFIX = "-model"
+"""Model calls: capped by the provider's rate limits and concurrency, not by cores."""
+GATES_QUEUE_SUFFIX = "-gates"
+"""Gates (tests, linters): CPU-bound, capped by cores."""
+QUEUE_CLASSES = ("workflows", "model", "gates")
+
+
+def queue_name(base: str, resource_class: str) -> str:
+    """The task queue of a resource class, derived from the base queue (so tests can use unique bases)."""
+    return {"workflows": base, "model": base + MODEL_QUEUE_SUFFIX, "gates": base + GATES_QUEUE_SUFFIX}[resource_class]
+
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 """The Claude model used when `--model` is not given."""

@@ -200,6 +200,8 @@ class RunConfig(Frozen):
     max_tokens: int = Field(default=8192, ge=256)
     """`max_tokens` of each model call."""
     ship: ShipMode = "branch"
+    max_parallel: int = Field(default=4, ge=1, le=64)
+    """Tasks whose dependencies are merged run at the same time, up to this many."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
     test_command: list[str] | None = None
     """The target's test command (argv). None: `python -m pytest -q`."""
@@ -319,6 +321,18 @@ class OpenWorkspaceInput(Frozen):
     task_id: str
     repo_path: str
     base_sha: str
+    reset: bool = False
+    """Move an existing task branch to `base_sha` (a new merge round)."""
+
+
+class RestoreBranchInput(Frozen):
+    """Move a branch back from `expected` to `sha` (undo a merge that broke the integration suite)."""
+
+    run_id: str
+    repo_path: str
+    branch: str
+    sha: str
+    expected: str
 
 
 class WorkspaceRef(Frozen):
@@ -569,6 +583,12 @@ class TaskInput(Frozen):
     """The policy at the run's base commit."""
     acceptance: AcceptanceSuite | None = None
     """Held-out tests the spec carried for this task; None: generate them from the acceptance criteria."""
+    first_attempt: int = 1
+    """Attempt numbers continue across merge rounds (a task re-attempted on a new integration head)."""
+    feedback: str = ""
+    """Why this round exists (a merge conflict, a regression); the first attempt's request carries it."""
+    reset_branch: bool = False
+    """Move the task branch to `base_sha` first (a new round starts from the new integration head)."""
 
 
 class TaskResult(Frozen):
@@ -596,7 +616,7 @@ class TaskSummary(Frozen):
     """Every human (or deadline) decision on this task, with who, when and the note."""
 
 
-RunPhase = Literal["preparing", "planning", "running", "verifying", "shipping", "shipped", "failed"]
+RunPhase = Literal["preparing", "planning", "running", "verifying", "shipping", "shipped", "failed", "cancelled"]
 
 
 class RunState(Frozen):

@@ -22,7 +22,13 @@ class FactorySettings(BaseSettings):
     home: Path = Field(default_factory=default_data_dir)
     """Root of all local state (`DARKFACTORY_HOME`). Every worker of one deployment must see the same blobs."""
     max_concurrent_activities: int = 8
-    """Activity slots per worker process."""
+    """Activity slots of the workflows-and-git worker per process."""
+    model_concurrency: int = 32
+    """Model calls in flight per worker process (`DARKFACTORY_MODEL_CONCURRENCY`)."""
+    model_calls_per_second: float | None = None
+    """Cap on model calls per second across the whole queue (`DARKFACTORY_MODEL_CALLS_PER_SECOND`)."""
+    gate_concurrency: int | None = None
+    """Gate runs at once per worker process; None: the number of cores."""
 
     @property
     def blobs_dir(self) -> Path:

@@ -165,10 +165,13 @@ def prepare_run(repo_path: str, run_id: str, base_branch: str) -> PreparedRun:
     return PreparedRun(base_sha=base_sha, integration_branch=branch, integration_sha=head)
 
 
-def open_task_branch(repo_path: str, run_id: str, task_id: str, base_sha: str) -> WorkspaceRef:
-    """Create the task branch at `base_sha` (or find it) and describe the workspace."""
+def open_task_branch(repo_path: str, run_id: str, task_id: str, base_sha: str, reset: bool = False) -> WorkspaceRef:
+    """Create the task branch at `base_sha` (or find it; with `reset`, move it there) and describe the workspace."""
     branch = task_branch(run_id, task_id)
     sha = ensure_branch(repo_path, branch, base_sha)
+    if reset and sha != base_sha:
+        _advance_ref(Path(repo_path), branch, base_sha, sha)
+        sha = base_sha
     return WorkspaceRef(repo_path=repo_path, run_id=run_id, task_id=task_id, branch=branch, sha=sha)
 
 
@@ -216,6 +219,11 @@ def snapshot(worktree: Path, workspace: WorkspaceRef, message: str, commit_time:
     wt("reset", "--quiet", "--soft", new_sha)
     _advance_ref(Path(workspace.repo_path), workspace.branch, new_sha, workspace.sha)
     return new_sha
+
+
+def restore_branch(repo_path: str, branch: str, sha: str, expected: str) -> None:
+    """Move `branch` back to `sha` if it stands at `expected` (idempotent: already at `sha` is success)."""
+    _advance_ref(Path(repo_path), branch, sha, expected)
 
 
 def _advance_ref(repo_path: Path, branch: str, new_sha: str, expected_old: str) -> None:

@@ -8,6 +8,7 @@ is always there to read. The `status` query answers the live state at any time.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -25,9 +26,11 @@ with workflow.unsafe.imports_passed_through():
         MergeTaskInput,
         Plan,
         PlanInput,
+        PlannedTask,
         PlanResult,
         PreparedRun,
         PrepareRunInput,
+        RestoreBranchInput,
         RunGatesInput,
         RunPhase,
         RunRequest,
@@ -39,13 +42,15 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         TaskSummary,
     )
-    from darkfactory.plan import blocked_by, topological_order
-    from workflows.task import MODEL_RETRY, STEP_RETRY, TaskWorkflow, _cause
+    from darkfactory.plan import blocked_by, ready_tasks
+    from workflows.task import MODEL_RETRY, STEP_RETRY, TaskWorkflow, _cause, queue_for
 
 STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
 NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
 REPO = SearchAttributeKey.for_keyword(SA_REPO)
 INTEGRATION_TASK = "_integration"
+MERGE_ROUNDS = 3
+"""Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
 """Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""
 
 
@@ -57,6 +62,8 @@ class RunFailed(Exception):
 class FactoryRunWorkflow:
     def __init__(self) -> None:
         self._state: RunState | None = None
+        self._head = ""
+        self._merge_lock = asyncio.Lock()
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -81,8 +88,15 @@ class FactoryRunWorkflow:
         except RunFailed as exc:
             self._update(error=str(exc))
             self._set_phase("failed")
-        finally:
-            await self._release(request)
+        except asyncio.CancelledError:
+            # A person cancelled the run: children are cancelled with it (each ends `cancelled`), an
+            # in-flight merge is finished first (see _merge), and the branches stay for inspection.
+            for task in self._require_state().tasks:
+                if task.state in ("pending", "running"):
+                    self._set_task(task.id, state="cancelled", reason="the run was cancelled")
+            self._update(error="the run was cancelled; its branches are kept for inspection")
+            self._set_phase("cancelled")
+        await self._release(request)
         return self._require_state()
 
     async def _run(self, request: RunRequest) -> None:
@@ -164,17 +178,43 @@ class FactoryRunWorkflow:
         self._set_phase("shipped")
 
     async def _run_tasks(self, request: RunRequest, plan: Plan, prepared: PreparedRun) -> str:
-        """Run tasks one after another in dependency order; return the integration head."""
-        head = prepared.integration_sha
-        ended: set[str] = set()
+        """Run every task whose dependencies are merged, up to `max_parallel` at once; return the final head."""
+        self._head = prepared.integration_sha
         # The spec's own held-out tests judge the work as a whole: they gate the tasks nothing depends on.
         sinks = {task.id for task in plan.tasks} - {dep for task in plan.tasks for dep in task.depends_on}
-        for task in topological_order(plan):
-            culprit = blocked_by(plan, ended).get(task.id)
-            if culprit is not None:
-                self._set_task(task.id, state="failed", reason=f"not started: dependency {culprit!r} did not merge")
-                ended.add(task.id)
-                continue
+        started: set[str] = set()
+        running: dict[str, asyncio.Task[None]] = {}
+        while True:
+            ended = {t.id for t in self._require_state().tasks if t.state not in ("pending", "running")}
+            merged = {t.id for t in self._require_state().tasks if t.state == "merged"}
+            for task_id, culprit in blocked_by(plan, ended - merged).items():
+                if task_id not in started:
+                    started.add(task_id)
+                    self._set_task(task_id, state="failed", reason=f"not started: dependency {culprit!r} did not merge")
+            for task in ready_tasks(plan, merged, started):
+                if len(running) >= request.config.max_parallel:
+                    break
+                started.add(task.id)
+                running[task.id] = asyncio.create_task(self._run_task(request, task, prepared, task.id in sinks))
+            if not running:
+                return self._head
+            await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+            for task_id in [task_id for task_id, job in running.items() if job.done()]:
+                running.pop(task_id).result()  # a bug in _run_task should fail loudly, not hang the run
+
+    async def _run_task(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
+        """One task to its end: a child workflow per merge round, until its change merges cleanly.
+
+        Each round branches from the integration head as it stands. A merge conflict, or a merge that breaks
+        the integration suite in combination with work merged meanwhile, sends the task to a new round on
+        the new head with that problem as feedback; after MERGE_ROUNDS the task fails with it.
+        """
+        config = request.config
+        feedback = ""
+        first_attempt = 1
+        summary: dict[str, object] = {}
+        for merge_round in range(1, MERGE_ROUNDS + 1):
+            base = self._head
             self._set_task(task.id, state="running")
             try:
                 result: TaskResult = await workflow.execute_child_workflow(
@@ -184,10 +224,13 @@ class FactoryRunWorkflow:
                         repo_path=request.repo_path,
                         spec=request.spec,
                         task=task,
-                        base_sha=head,
-                        config=request.config,
+                        base_sha=base,
+                        config=config,
                         policy=prepared.policy,
-                        acceptance=prepared.acceptance if task.id in sinks else None,
+                        acceptance=prepared.acceptance if sink else None,
+                        first_attempt=first_attempt,
+                        feedback=feedback,
+                        reset_branch=merge_round > 1,
                     ),
                     id=task_workflow_id(request.run_id, task.id),
                     search_attributes=TypedSearchAttributes(
@@ -196,46 +239,116 @@ class FactoryRunWorkflow:
                 )
             except ChildWorkflowError as exc:
                 self._set_task(task.id, state="failed", reason=f"task workflow failed: {_cause(exc)}")
-                ended.add(task.id)
-                continue
+                return
+            first_attempt += len(result.attempts)
+            previous = self._task(task.id)
             summary = {
-                "attempts": len(result.attempts),
-                "usage": result.usage,
-                "decisions": result.decisions,
+                "attempts": previous.attempts + len(result.attempts),
+                "usage": previous.usage + result.usage,
+                "decisions": [*previous.decisions, *result.decisions],
                 "gates": result.attempts[-1].gates if result.attempts else [],
             }
             self._update(usage=self._require_state().usage + result.usage)
             if result.outcome != "passed" or result.final_sha is None:
                 ended_as: TaskState = "failed" if result.outcome == "passed" else result.outcome
                 self._set_task(task.id, state=ended_as, reason=result.reason, **summary)
-                ended.add(task.id)
-                continue
-            merged: MergeResult = await self._activity(
-                WorkspaceActivities.merge_task,
-                MergeTaskInput(
-                    run_id=request.run_id,
-                    task_id=task.id,
-                    title=task.title,
-                    repo_path=request.repo_path,
-                    integration_branch=prepared.integration_branch,
-                    task_sha=result.final_sha,
-                    commit_time=int(workflow.now().timestamp()),
-                ),
-                request.config.timeouts.git_s,
+                return
+            problem = await self._merge(request, task, prepared, base, result.final_sha)
+            if not problem:
+                reason = f"merged as {self._head[:12]}" + (f" ({result.reason})" if result.decisions else "")
+                self._set_task(task.id, state="merged", merged_sha=self._head, reason=reason, **summary)
+                return
+            feedback = problem
+            self._set_task(task.id, state="running", **summary)
+        self._set_task(
+            task.id, state="failed", reason=f"not merged after {MERGE_ROUNDS} round(s): {feedback[:300]}", **summary
+        )
+
+    async def _merge(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str) -> str:
+        """Merge one task into the integration branch, one merge at a time; '' on success, else the problem.
+
+        Started merges always finish: cancelling the run waits for the merge in flight and records it.
+        """
+        async with self._merge_lock:
+            job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                problem = await job
+                if not problem:
+                    self._set_task(
+                        task.id, state="merged", merged_sha=self._head, reason=f"merged as {self._head[:12]}"
+                    )
+                raise
+
+    async def _merge_locked(
+        self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str
+    ) -> str:
+        timeouts = request.config.timeouts
+        previous = self._head
+        merged: MergeResult = await self._activity(
+            WorkspaceActivities.merge_task,
+            MergeTaskInput(
+                run_id=request.run_id,
+                task_id=task.id,
+                title=task.title,
+                repo_path=request.repo_path,
+                integration_branch=prepared.integration_branch,
+                task_sha=sha,
+                commit_time=int(workflow.now().timestamp()),
+            ),
+            timeouts.git_s,
+        )
+        if not merged.merged:
+            return (
+                f"## Merge conflict\nWhile you worked, other tasks were merged into the integration branch, and "
+                f"your change conflicts with them in: {merged.conflict}. Make the change again on top of the "
+                f"current code (your workspace now holds it)."
             )
-            if not merged.merged:
-                self._set_task(task.id, state="failed", reason=f"merge conflict in {merged.conflict}", **summary)
-                ended.add(task.id)
-                continue
-            head = merged.integration_sha
-            self._set_task(
-                task.id,
-                state="merged",
-                merged_sha=head,
-                reason=f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else ""),
-                **summary,
-            )
-        return head
+        if merged.integration_sha == previous or previous == base:
+            # Nothing else was merged since the task branched: its own gates already ran on this very tree.
+            self._head = merged.integration_sha
+            return ""
+        # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.
+        report: GateReport = await self._activity(
+            GateActivities.run_gates,
+            RunGatesInput(
+                run_id=request.run_id,
+                task_id=f"{task.id}.regression",
+                attempt=1,
+                repo_path=request.repo_path,
+                sha=merged.integration_sha,
+                base_sha=previous,
+                config=request.config,
+                policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
+                task_type=task.type,
+            ),
+            timeouts.gates_s,
+            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
+        )
+        if report.passed:
+            self._head = merged.integration_sha
+            return ""
+        await self._activity(
+            WorkspaceActivities.restore_branch,
+            RestoreBranchInput(
+                run_id=request.run_id,
+                repo_path=request.repo_path,
+                branch=prepared.integration_branch,
+                sha=previous,
+                expected=merged.integration_sha,
+            ),
+            timeouts.git_s,
+        )
+        workflow.logger.info("merge of %s reverted: it broke the integration suite", task.id)
+        return (
+            "## Regression\nYour change passed its own checks but broke the test suite once combined with work "
+            "merged meanwhile; the merge was reverted. Make the change work on top of the current code.\n\n"
+            + report.feedback
+        )
+
+    def _task(self, task_id: str) -> TaskSummary:
+        return next(task for task in self._require_state().tasks if task.id == task_id)
 
     async def _activity(
         self,
@@ -254,6 +367,7 @@ class FactoryRunWorkflow:
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
                 retry_policy=retry,
+                task_queue=queue_for(method),
             )
         except ActivityError as exc:
             raise RunFailed(_cause(exc)) from exc

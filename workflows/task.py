@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import SA_NEEDS_REVIEW, SA_STATUS
+    from darkfactory.constants import SA_NEEDS_REVIEW, SA_STATUS, queue_name
     from darkfactory.contracts import (
         AcceptanceInput,
         AcceptanceSuite,
@@ -58,6 +58,24 @@ MODEL_RETRY = RetryPolicy(
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
 )
+RESOURCE_CLASS = {
+    ModelActivities.plan_run: "model",
+    ModelActivities.agent_turn: "model",
+    ModelActivities.review_change: "model",
+    ModelActivities.write_acceptance_tests: "model",
+    GateActivities.run_gates: "gates",
+}
+"""Which task queue an activity runs on; everything else (git, tools) runs with the workflows."""
+
+
+def queue_of(resource_class: str) -> str:
+    return queue_name(workflow.info().task_queue, resource_class)
+
+
+def queue_for(method: object) -> str:
+    return queue_of(RESOURCE_CLASS.get(method, "workflows"))  # type: ignore[call-overload]
+
+
 STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
 NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
 
@@ -168,7 +186,8 @@ class TaskWorkflow:
         max_attempts = input.config.max_attempts or limits.max_attempts
         failures: Counter[str] = Counter()
         budget = max_attempts
-        feedback = ""
+        feedback = input.feedback
+        self._attempt = input.first_attempt - 1
         while True:
             self._attempt += 1
             record = await self._attempt_once(input, ws, suite, feedback)
@@ -277,6 +296,7 @@ class TaskWorkflow:
                 start_to_close_timeout=timedelta(seconds=input.config.timeouts.model_call_s),
                 heartbeat_timeout=timedelta(seconds=input.config.timeouts.heartbeat_s),
                 retry_policy=MODEL_RETRY,
+                task_queue=queue_of("model"),
             )
         except ActivityError as exc:
             raise Ended("failed", f"could not write held-out acceptance tests: {_cause(exc)}") from exc
@@ -410,6 +430,7 @@ class TaskWorkflow:
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 heartbeat_timeout=timedelta(seconds=heartbeat_s),
                 retry_policy=retry,
+                task_queue=queue_for(method),
             )
         except ActivityError as exc:
             raise Ended("failed", _cause(exc)) from exc
