@@ -421,6 +421,29 @@ def retry(
 
 
 @app.command()
+def cancel(run_id: str = typer.Argument(..., help="The run id.")) -> None:
+    """Cancel a run: its tasks stop and end `cancelled`, a merge in flight finishes, branches are kept."""
+    try:
+        asyncio.run(cancel_run(run_id))
+    except UsageError as exc:
+        fail(str(exc))
+    typer.echo(f"cancellation requested for run {run_id}; `factory status {run_id}` shows when it has stopped")
+
+
+async def cancel_run(run_id: str) -> None:
+    async with AsyncExitStack() as stack:
+        session = await open_session(stack, with_worker=False)
+        handle = session.client.get_workflow_handle(run_workflow_id(run_id))
+        try:
+            description = await handle.describe()
+        except RPCError:
+            raise UsageError(f"no run with id {run_id} in namespace {session.client.namespace}") from None
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            raise UsageError(f"run {run_id} is not running ({description.status.name.lower()})")
+        await handle.cancel()
+
+
+@app.command()
 def demo(
     keep: bool = typer.Option(False, help="Keep the demo repository instead of deleting it afterwards."),
 ) -> None:

@@ -57,6 +57,14 @@ class ModelClients:
             self._clients[model] = build_model_client(model)
         return self._clients[model]
 
+    async def aclose(self) -> None:
+        """Close the clients' connection pools (the worker calls this when it stops)."""
+        for client in self._clients.values():
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
+        self._clients.clear()
+
 
 def tracing_interceptors() -> list[Interceptor]:
     """Temporal's TracingInterceptor, when the OTEL_* environment asks for traces."""
@@ -111,8 +119,9 @@ async def ensure_search_attributes(client: Client) -> None:
 class FactoryWorkers:
     """One Temporal worker per resource class this process serves, started and stopped together."""
 
-    def __init__(self, workers: list[Worker]) -> None:
+    def __init__(self, workers: list[Worker], model_clients: ModelClients) -> None:
         self.workers = workers
+        self._model_clients = model_clients
 
     async def __aenter__(self) -> FactoryWorkers:
         for worker in self.workers:
@@ -122,6 +131,7 @@ class FactoryWorkers:
     async def __aexit__(self, *exc: object) -> None:
         for worker in reversed(self.workers):
             await worker.__aexit__(None, None, None)
+        await self._model_clients.aclose()
 
 
 def build_worker(
@@ -139,7 +149,8 @@ def build_worker(
     if unknown:
         raise ValueError(f"unknown resource class(es) {sorted(unknown)}; choose from {', '.join(QUEUE_CLASSES)}")
     blobs = BlobStore(settings.blobs_dir)
-    model = ModelActivities(model_clients or ModelClients(), blobs)
+    clients = model_clients or ModelClients()
+    model = ModelActivities(clients, blobs)
     workspace = WorkspaceActivities(settings, blobs)
     gates = GateActivities(settings, blobs)
     slots = max_concurrent_activities or settings.max_concurrent_activities
@@ -189,7 +200,7 @@ def build_worker(
                 interceptors=[LogContextInterceptor()],
             )
         )
-    return FactoryWorkers(workers)
+    return FactoryWorkers(workers, clients)
 
 
 async def run_worker(task_queue: str, max_concurrent: int | None, serve: Sequence[str] = QUEUE_CLASSES) -> None:

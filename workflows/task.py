@@ -150,7 +150,11 @@ class TaskWorkflow:
             ws: WorkspaceRef = await workflow.execute_activity_method(
                 WorkspaceActivities.open_workspace,
                 OpenWorkspaceInput(
-                    run_id=input.run_id, task_id=input.task.id, repo_path=input.repo_path, base_sha=input.base_sha
+                    run_id=input.run_id,
+                    task_id=input.task.id,
+                    repo_path=input.repo_path,
+                    base_sha=input.base_sha,
+                    reset=input.reset_branch,
                 ),
                 start_to_close_timeout=timedelta(seconds=input.config.timeouts.git_s),
                 retry_policy=STEP_RETRY,
