@@ -80,8 +80,10 @@ class ModelActivities:
     async def plan_run(self, input: PlanInput) -> PlanResult:
         files = tracked_files(input.repo_path, input.base_sha)
         readme = _readme(input.repo_path, input.base_sha, files)
-        request = prompts.planner_request(input.config.model, input.spec, files, readme, input.config.max_tokens)
-        context = CallContext(purpose="plan", run_id=input.run_id)
+        request = prompts.planner_request(
+            input.config.model, input.spec, files, readme, input.config.max_tokens, input.attempt, input.problem
+        )
+        context = CallContext(purpose="plan", run_id=input.run_id, attempt=input.attempt)
         response = await self._call(request, context, input.config.timeouts.heartbeat_s)
         transcript = self._save_exchange(request, response)
         plan = _tool_answer(response, prompts.SUBMIT_PLAN_TOOL, Plan, "the planner", INVALID_PLAN)

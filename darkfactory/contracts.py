@@ -81,7 +81,7 @@ class CallContext(Frozen):
     @property
     def key(self) -> str:
         if self.purpose == "plan":
-            return "plan"
+            return "plan" if self.attempt <= 1 else f"plan:{self.attempt}"
         return f"{self.purpose}:{self.task_id}:{self.attempt}:{self.turn}"
 
 
@@ -200,6 +200,8 @@ class RunConfig(Frozen):
     max_tokens: int = Field(default=8192, ge=256)
     """`max_tokens` of each model call."""
     ship: ShipMode = "branch"
+    max_plan_attempts: int = Field(default=3, ge=1, le=10)
+    """Plans the planner may submit before an invalid one fails the run."""
     max_parallel: int = Field(default=4, ge=1, le=64)
     """Tasks whose dependencies are merged run at the same time, up to this many."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -307,6 +309,9 @@ class PlanInput(Frozen):
     base_sha: str
     spec: str
     config: RunConfig
+    attempt: int = 1
+    problem: str = ""
+    """Why the previous plan was refused; the planner fixes it."""
 
 
 class PlanResult(Frozen):

@@ -47,6 +47,7 @@ SCRIPTED_PREFIX = "scripted:"
 PLAN_TOOL_NAME = "submit_plan"
 REVIEW_TOOL_NAME = "submit_review"
 ACCEPTANCE_TOOL_NAME = "submit_tests"
+PLAN_ATTEMPT_LINE = re.compile(r"^Planning attempt (\d+)", re.MULTILINE)
 TASK_LINE = re.compile(r"^Task id: (\S+) · attempt (\d+)", re.MULTILINE)
 """The first line of every agent prompt; the HTTP fake reads task and attempt from it."""
 
@@ -379,6 +380,8 @@ class ScriptedReply(_Strict):
 class _TranscriptFile(_Strict):
     description: str = ""
     plan: ScriptedReply | None = None
+    plan_retries: list[ScriptedReply] = Field(default_factory=list)
+    """The planner's replies to planning attempts 2, 3, ... (after an invalid plan was sent back)."""
     tasks: dict[str, list[list[ScriptedReply]]] = Field(default_factory=dict)
     """task id -> attempts -> turns."""
     reviews: dict[str, list[ScriptedReply]] = Field(default_factory=dict)
@@ -435,6 +438,14 @@ class ScriptedTranscript:
         if context.purpose == "plan":
             if self._data.plan is None:
                 raise ModelCallError(f"{missing}: it has no 'plan'", kind="script_exhausted")
+            if context.attempt > 1:
+                index = context.attempt - 2
+                if index >= len(self._data.plan_retries):
+                    raise ModelCallError(
+                        f"{missing}: 'plan_retries' covers attempts 2..{len(self._data.plan_retries) + 1}",
+                        kind="script_exhausted",
+                    )
+                return self._data.plan_retries[index]
             return self._data.plan
         task_id = context.task_id or ""
         # Attempts and turns count from 1; 0 would silently index the last entry.
@@ -547,7 +558,8 @@ def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallC
     tools = body.get("tools") or []
     tool_names = {tool.get("name") for tool in tools if isinstance(tool, dict)}
     if PLAN_TOOL_NAME in tool_names:
-        return CallContext(purpose="plan", run_id=run_id)
+        planning = PLAN_ATTEMPT_LINE.search(_first_text((body.get("messages") or [{}])[0].get("content")))
+        return CallContext(purpose="plan", run_id=run_id, attempt=int(planning.group(1)) if planning else 0)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("cannot derive the call context: the request has no messages")

@@ -56,7 +56,9 @@ def plan_tool() -> dict[str, Any]:
     )
 
 
-def planner_request(model: str, spec: str, files: list[str], readme: str, max_tokens: int) -> ModelRequest:
+def planner_request(
+    model: str, spec: str, files: list[str], readme: str, max_tokens: int, attempt: int = 1, problem: str = ""
+) -> ModelRequest:
     listed, truncated = _listing(files)
     return ModelRequest(
         model=model,
@@ -64,7 +66,15 @@ def planner_request(model: str, spec: str, files: list[str], readme: str, max_to
         messages=[
             {
                 "role": "user",
-                "content": render("planner_user.j2", spec=spec, files=listed, truncated=truncated, readme=readme),
+                "content": render(
+                    "planner_user.j2",
+                    spec=spec,
+                    files=listed,
+                    truncated=truncated,
+                    readme=readme,
+                    attempt=attempt,
+                    problem=problem,
+                ),
             }
         ],
         tools=[plan_tool()],

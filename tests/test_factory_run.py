@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
+from darkfactory.llm import context_from_request
+from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from darkfactory.workspace import list_branches
 from tests.conftest import DEMO, demo_transcript, edited_transcript, git, request_for, run_to_end
 
@@ -98,7 +103,7 @@ async def test_plan_with_a_dependency_cycle_fails_the_run_naming_the_cycle(
     tasks[0]["depends_on"] = ["export-slugify"]
     path = edited_transcript(tmp_path, plan=transcript["plan"])
 
-    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}"))
+    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}", max_plan_attempts=1))
 
     assert summary.phase == "failed"
     assert "dependency cycle" in summary.error
@@ -117,7 +122,7 @@ async def test_plan_that_breaks_the_schema_fails_the_run_naming_the_field(
     del transcript["plan"]["content"][0]["input"]["tasks"][1]["title"]
     path = edited_transcript(tmp_path, plan=transcript["plan"])
 
-    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}"))
+    summary = await run_to_end(client, factory_home, request_for(demo_repo, f"scripted:{path}", max_plan_attempts=1))
 
     assert summary.phase == "failed"
     assert "plan is invalid" in summary.error and "tasks.1.title" in summary.error
@@ -142,3 +147,23 @@ async def test_acceptance_tests_carried_by_the_spec_gate_the_final_task_instead_
     assert acceptance.passed and "1 passed" in acceptance.summary
     assert summary.usage.calls == 9 + 1 + 2  # the final task's tests came with the spec: one writer call fewer
     assert not list(demo_repo.rglob("test_from_the_spec.py"))  # never in the agent's workspace
+
+
+async def test_an_invalid_plan_goes_back_to_the_planner_with_the_problem_and_the_fixed_plan_runs(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transcript = demo_transcript()
+    valid = transcript["plan"]
+    cyclic = copy.deepcopy(valid)
+    cyclic["content"][0]["input"]["tasks"][0]["depends_on"] = ["export-slugify"]
+    path = edited_transcript(tmp_path, plan=cyclic, plan_retries=[valid])
+    with FakeMessagesServer(ScriptResponder(path)) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-replan")
+        summary = await run_to_end(client, factory_home, request_for(demo_repo, "claude-sonnet-5-5"))
+        plans = [r for r in server.requests if context_from_request(r.body).purpose == "plan"]
+
+    assert summary.succeeded, summary.error
+    assert len(plans) == 2
+    retry = json.dumps(plans[1].body["messages"][0])
+    assert "Planning attempt 2" in retry and "Your previous plan was refused" in retry and "dependency cycle" in retry

@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePa
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.errors import INVALID_PLAN
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
@@ -115,19 +116,7 @@ class FactoryRunWorkflow:
         self._update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
 
         self._set_phase("planning")
-        planned: PlanResult = await self._activity(
-            ModelActivities.plan_run,
-            PlanInput(
-                run_id=request.run_id,
-                repo_path=request.repo_path,
-                base_sha=prepared.base_sha,
-                spec=request.spec,
-                config=config,
-            ),
-            timeouts.model_call_s,
-            heartbeat_s=timeouts.heartbeat_s,
-            retry=MODEL_RETRY,
-        )
+        planned = await self._plan(request, prepared)
         plan = planned.plan
         self._update(
             plan_summary=plan.summary,
@@ -176,6 +165,37 @@ class FactoryRunWorkflow:
         )
         self._update(shipped_sha=shipped.shipped_sha)
         self._set_phase("shipped")
+
+    async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
+        """Ask for a plan; an invalid one goes back to the planner with the problem, a bounded number of times."""
+        config = request.config
+        problem = ""
+        for attempt in range(1, config.max_plan_attempts + 1):
+            try:
+                planned: PlanResult = await workflow.execute_activity_method(
+                    ModelActivities.plan_run,
+                    PlanInput(
+                        run_id=request.run_id,
+                        repo_path=request.repo_path,
+                        base_sha=prepared.base_sha,
+                        spec=request.spec,
+                        config=config,
+                        attempt=attempt,
+                        problem=problem,
+                    ),
+                    start_to_close_timeout=timedelta(seconds=config.timeouts.model_call_s),
+                    heartbeat_timeout=timedelta(seconds=config.timeouts.heartbeat_s),
+                    retry_policy=MODEL_RETRY,
+                    task_queue=queue_for(ModelActivities.plan_run),
+                )
+                return planned
+            except ActivityError as exc:
+                cause = exc.cause
+                if not (isinstance(cause, ApplicationError) and cause.type == INVALID_PLAN):
+                    raise RunFailed(_cause(exc)) from exc
+                problem = cause.message
+                workflow.logger.info("plan %d refused: %s", attempt, problem)
+        raise RunFailed(f"{problem} (after {config.max_plan_attempts} planning attempt(s))")
 
     async def _run_tasks(self, request: RunRequest, plan: Plan, prepared: PreparedRun) -> str:
         """Run every task whose dependencies are merged, up to `max_parallel` at once; return the final head."""

@@ -1,0 +1,121 @@
+"""Figure 1, overhead: a factory run with a zero-latency scripted model against a plain script doing the same
+git, edit, lint and test work directly, on the same N tasks, one after another.
+
+The plain script is what a careful person would run by hand for each task: a worktree on a new branch from
+the integration head, write the two files, ruff on them, the repository's pytest in the target environment
+the factory uses (not sandboxed), commit, squash-merge into the integration branch; at the end ruff and
+pytest on the integration branch and a fast-forward of `main` (the factory's final verification and ship).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from darkfactory.contracts import Timeouts
+from darkfactory.gates import DEFAULT_TEST_COMMAND
+from darkfactory.gates.lint import ruff_binary
+from darkfactory.target_env import TargetEnv, setup_environment
+
+from harness import Bench, git, progress, require_success, run_request, task_files, task_id, timed, write_transcript
+from history import by_category, gate_seconds, run_spans
+
+TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
+
+
+@dataclass
+class OverheadResult:
+    tasks: int
+    factory_s: float
+    plain_s: float
+    factory_parts: dict[str, float]
+    """Summed activity time per category (gates, model, git+tools) plus `orchestration`: the rest of the wall."""
+    gates: dict[str, float]
+    """Summed seconds per gate (every task plus the integration verification)."""
+    plain_parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.factory_s / self.plain_s
+
+
+async def measure(bench: Bench, tasks: int) -> OverheadResult:
+    env = bench.target_env(bench.repo("env-seed"))
+    queue = f"bench-overhead-{uuid.uuid4().hex[:8]}"
+    worker = bench.start_worker(queue)
+    await bench.wait_polling(queue, worker)
+
+    # Warm-up, not measured: the worker's first workflow, the sandbox probe, ruff's and pytest's first runs.
+    progress("overhead: warm-up run (1 task) and plain warm-up")
+    await _factory(bench, queue, 1, "warmup")
+    _plain(bench.repo("plain-warmup"), 1, env, bench.root / "plain-warmup")
+
+    progress(f"overhead: factory run, {tasks} sequential tasks, scripted model (zero latency)")
+    factory_s, parts, gates = await _factory(bench, queue, tasks, "factory")
+    progress(f"overhead: factory {factory_s:.1f}s; now the plain script on the same {tasks} tasks")
+    with timed() as plain:
+        plain_parts = _plain(bench.repo("plain"), tasks, env, bench.root / "plain")
+    worker.stop()
+    progress(f"overhead: plain {plain[0]:.1f}s")
+    return OverheadResult(tasks, factory_s, plain[0], parts, gates, plain_parts)
+
+
+async def _factory(bench: Bench, queue: str, tasks: int, name: str) -> tuple[float, dict[str, float], dict[str, float]]:
+    repo = bench.repo(f"overhead-{name}")
+    script = write_transcript(bench.root, tasks)
+    request = run_request(repo, f"scripted:{script}", max_parallel=1, timeouts=TIMEOUTS)
+    with timed() as wall:
+        handle = await bench.start_run(request, queue)
+        summary = await handle.result()
+    require_success(summary, "overhead")
+    parts = by_category(await run_spans(bench.client, summary))
+    # A sequential run's activities never overlap, so what they do not cover is Temporal's own time.
+    parts["orchestration"] = wall[0] - sum(parts.values())
+    return wall[0], parts, gate_seconds(summary)
+
+
+def _plain(repo: Path, tasks: int, env: TargetEnv, scratch: Path) -> dict[str, float]:
+    """The same work, done directly; returns seconds per kind of step."""
+    parts: dict[str, float] = defaultdict(float)
+
+    def step(kind: str, argv: list[str], cwd: Path, *, environ: dict[str, str] | None = None) -> None:
+        started = time.perf_counter()
+        result = subprocess.run(argv, cwd=cwd, env=environ, capture_output=True, text=True)
+        parts[kind] += time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"plain script: {' '.join(argv)} failed in {cwd}:\n{result.stdout}{result.stderr}")
+
+    def git_step(cwd: Path, *args: str) -> None:
+        started = time.perf_counter()
+        git(cwd, *args)
+        parts["git"] += time.perf_counter() - started
+
+    ruff = str(ruff_binary())
+    test_env = setup_environment(env.bin_dir)
+    test = [str(env.python), *DEFAULT_TEST_COMMAND[1:]]
+    integration = "plain/integration"
+    integration_tree = scratch / "integration"
+    git_step(repo, "worktree", "add", "-q", "-b", integration, str(integration_tree), "main")
+    for index in range(tasks):
+        tree = scratch / task_id(index)
+        git_step(repo, "worktree", "add", "-q", "-b", f"plain/{task_id(index)}", str(tree), integration)
+        started = time.perf_counter()
+        for path, text in task_files(index).items():
+            (tree / path).write_text(text)
+        parts["edit"] += time.perf_counter() - started
+        step("lint", [ruff, "check", "--no-cache", "--", *task_files(index)], tree)
+        step("tests", test, tree, environ=test_env)
+        git_step(tree, "add", "-A")
+        git_step(tree, "commit", "-q", "-m", f"Add textkit.m_{index:02d}")
+        git_step(integration_tree, "merge", "--squash", "-q", f"plain/{task_id(index)}")
+        git_step(integration_tree, "commit", "-q", "-m", f"{task_id(index)}: Add textkit.m_{index:02d}")
+        git_step(repo, "worktree", "remove", "--force", str(tree))
+    step("lint", [ruff, "check", "--no-cache", "."], integration_tree)
+    step("tests", test, integration_tree, environ=test_env)
+    git_step(repo, "merge", "--ff-only", "-q", integration)
+    git_step(repo, "worktree", "remove", "--force", str(integration_tree))
+    return dict(parts)
