@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.console import Console
@@ -205,8 +205,12 @@ def run(
     spec_text: str | None = typer.Option(None, help="The specification as text."),
     base: str = typer.Option("main", help="Branch to build on (and to fast-forward with --ship merge)."),
     ship: str = typer.Option(
-        "branch", help="branch: leave the result on factory/<run>/integration; merge: fast-forward --base."
+        "branch",
+        help="branch: leave it on factory/<run>/integration; merge: fast-forward --base; push: push to --remote's "
+        "--base; pr: push factory/<run> and open a pull request (GITHUB_TOKEN on the workers).",
     ),
+    remote: str = typer.Option("origin", help="Remote for --ship push and pr."),
+    github_repo: str | None = typer.Option(None, help="owner/repo for --ship pr (default: from the remote's URL)."),
     model: str | None = typer.Option(None, help="Claude model name, or scripted:PATH for a recorded transcript."),
     run_id: str | None = typer.Option(
         None, help="Run id (default: from the spec). A duplicate id does not start twice."
@@ -224,7 +228,19 @@ def run(
     """Plan a spec, build it task by task in branches, gate it, merge it and ship it. Waits for the end."""
     try:
         request = build_request(
-            repo, spec, spec_text, base, ship, model, run_id, max_attempts, max_turns, acceptance_tests, max_parallel
+            repo,
+            spec,
+            spec_text,
+            base,
+            ship,
+            model,
+            run_id,
+            max_attempts,
+            max_turns,
+            acceptance_tests,
+            max_parallel,
+            remote,
+            github_repo,
         )
     except UsageError as exc:
         fail(str(exc))
@@ -244,6 +260,8 @@ def build_request(
     max_turns: int,
     acceptance_tests: Path | None = None,
     max_parallel: int = 4,
+    remote: str = "origin",
+    github_repo: str | None = None,
 ) -> RunRequest:
     text = read_spec(spec, spec_text)
     repo_path = str(repo.expanduser().resolve())
@@ -252,13 +270,19 @@ def build_request(
         parse_policy(read_file_at(repo_path, base_sha, POLICY_PATH), f"{POLICY_PATH} on {base}")
     except (TargetError, PolicyError) as exc:
         raise UsageError(str(exc)) from exc
-    if ship not in ("branch", "merge"):
-        raise UsageError(f"--ship {ship!r} is not a ship mode; use branch or merge")
-    ship_mode: ShipMode = "merge" if ship == "merge" else "branch"
+    if ship not in ("branch", "merge", "push", "pr"):
+        raise UsageError(f"--ship {ship!r} is not a ship mode; use branch, merge, push or pr")
+    ship_mode = cast(ShipMode, ship)
     chosen = resolve_model(model, remote=TemporalSettings().remote)
     try:
         config = RunConfig(
-            model=chosen, ship=ship_mode, max_attempts=max_attempts, max_turns=max_turns, max_parallel=max_parallel
+            model=chosen,
+            ship=ship_mode,
+            max_attempts=max_attempts,
+            max_turns=max_turns,
+            max_parallel=max_parallel,
+            remote=remote,
+            github_repo=github_repo,
         )
         return RunRequest(
             run_id=run_id or new_run_id(text),

@@ -12,6 +12,7 @@ from datetime import timedelta
 from temporalio.exceptions import ApplicationError
 
 from darkfactory.llm import ModelCallError
+from darkfactory.shipping import GitHubError
 
 INVALID_TARGET = "InvalidTarget"
 INVALID_PLAN = "InvalidPlan"
@@ -33,3 +34,10 @@ def model_error(exc: ModelCallError) -> ApplicationError:
 
 def business_error(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def github_error(exc: GitHubError) -> ApplicationError:
+    delay = timedelta(seconds=exc.retry_after_s) if exc.retryable and exc.retry_after_s else None
+    return ApplicationError(
+        str(exc), type=f"GitHub.{exc.kind}", non_retryable=not exc.retryable, next_retry_delay=delay
+    )

@@ -6,6 +6,7 @@ the sha in the input is the state; a worktree is reset to it before anything hap
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import structlog
 from temporalio import activity
 
 from activities.context import heartbeat_ticker
-from activities.errors import INVALID_POLICY, INVALID_TARGET, SHIP_REFUSED, business_error
-from darkfactory import workspace
+from activities.errors import INVALID_POLICY, INVALID_TARGET, SHIP_REFUSED, business_error, github_error
+from darkfactory import shipping, workspace
 from darkfactory.agent_tools import AgentTools
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (
@@ -134,17 +135,66 @@ class WorkspaceActivities:
 
     @activity.defn
     def ship_run(self, input: ShipInput) -> ShipResult:
+        """Deliver the integration head. Idempotent: a retry after a crash never pushes twice or opens a second
+        pull request (the remote is read first; the PR carries the run id as its idempotency key)."""
         try:
-            return workspace.ship(
-                input.repo_path,
-                input.mode,
-                input.base_branch,
-                input.base_sha,
-                input.integration_branch,
-                input.integration_sha,
-            )
+            if input.mode in ("branch", "merge"):
+                return workspace.ship(
+                    input.repo_path,
+                    input.mode,
+                    input.base_branch,
+                    input.base_sha,
+                    input.integration_branch,
+                    input.integration_sha,
+                )
+            if input.mode == "push":
+                pushed = shipping.push_branch(input.repo_path, input.remote, input.integration_sha, input.base_branch)
+                return ShipResult(
+                    mode="push",
+                    shipped_sha=input.integration_sha,
+                    pushed=pushed.pushed,
+                    target=f"{input.remote}/{input.base_branch}",
+                )
+            return self._open_pull_request(input)
         except workspace.ShipError as exc:
             raise business_error(SHIP_REFUSED, str(exc)) from exc
+        except shipping.GitHubError as exc:
+            raise github_error(exc) from None
+
+    def _open_pull_request(self, input: ShipInput) -> ShipResult:
+        token = os.environ.get("GITHUB_TOKEN")
+        if not token:
+            raise workspace.ShipError("--ship pr needs GITHUB_TOKEN in the workers' environment")
+        owner_repo = input.github_repo
+        if owner_repo is None:
+            url = workspace.GitRun(Path(input.repo_path))("remote", "get-url", input.remote)
+            parsed = shipping.parse_github_remote(url)
+            if parsed is None:
+                raise workspace.ShipError(f"remote {input.remote!r} is not a GitHub URL; pass --github-repo owner/repo")
+            owner_repo = "/".join(parsed)
+        owner, repo = owner_repo.split("/", 1)
+        head = f"factory/{input.run_id}"
+        pushed = shipping.push_branch(input.repo_path, input.remote, input.integration_sha, head)
+        api_url = os.environ.get("GITHUB_API_URL", "https://api.github.com")
+        with shipping.GitHubClient(api_url=api_url, token=token) as client:
+            pull = shipping.open_pull_request(
+                client,
+                owner,
+                repo,
+                head,
+                input.base_branch,
+                input.title or head,
+                input.body,
+                idempotency_key=f"run-{input.run_id}",
+            )
+        log.info("pull_request", url=pull.html_url or pull.url, number=pull.number, pushed=pushed.pushed)
+        return ShipResult(
+            mode="pr",
+            shipped_sha=input.integration_sha,
+            pushed=pushed.pushed,
+            target=f"{input.remote}/{head}",
+            pull_request_url=pull.html_url or pull.url,
+        )
 
     @activity.defn
     def release_workspaces(self, input: PrepareRunInput) -> None:

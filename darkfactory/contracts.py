@@ -170,7 +170,7 @@ class Plan(Frozen):
 # Configuration of a run
 
 
-ShipMode = Literal["branch", "merge"]
+ShipMode = Literal["branch", "merge", "push", "pr"]
 
 
 class Timeouts(Frozen):
@@ -200,6 +200,10 @@ class RunConfig(Frozen):
     max_tokens: int = Field(default=8192, ge=256)
     """`max_tokens` of each model call."""
     ship: ShipMode = "branch"
+    remote: str = "origin"
+    """The git remote `push` and `pr` ship to (a name or a URL)."""
+    github_repo: str | None = None
+    """`owner/repo` for `pr`; None: read from the remote's GitHub URL."""
     max_plan_attempts: int = Field(default=3, ge=1, le=10)
     """Plans the planner may submit before an invalid one fails the run."""
     max_parallel: int = Field(default=4, ge=1, le=64)
@@ -448,13 +452,20 @@ class ShipInput(Frozen):
     integration_branch: str
     integration_sha: str
     mode: ShipMode
+    remote: str = "origin"
+    github_repo: str | None = None
+    title: str = ""
+    body: str = ""
 
 
 class ShipResult(Frozen):
     mode: ShipMode
     shipped_sha: str
     target: str
-    """What now carries the result: the branch name."""
+    """What now carries the result: the branch name (`remote/branch` for push and pr)."""
+    pushed: bool = False
+    """A push happened in this activity (False when the remote already had the sha: a retry)."""
+    pull_request_url: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -640,6 +651,9 @@ class RunState(Frozen):
     usage: Usage = Field(default_factory=Usage)
     ship_mode: ShipMode = "branch"
     shipped_sha: str | None = None
+    shipped_to: str = ""
+    """Where the result went: a branch, or `remote/branch`."""
+    pull_request_url: str | None = None
     final_gates: list[GateResult] = Field(default_factory=list)
     error: str = ""
 

@@ -72,8 +72,10 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     if state.final_gates:
         console.print(f"Integration gates: {_gates(state.final_gates)}", highlight=False)
     if state.shipped_sha:
-        target = state.base_branch if state.ship_mode == "merge" else state.integration_branch
+        target = state.shipped_to or state.base_branch
         console.print(f"Shipped {state.shipped_sha[:12]} to {target} ({state.ship_mode})", highlight=False)
+        if state.pull_request_url:
+            console.print(f"Pull request: {state.pull_request_url}", highlight=False)
     elif state.integration_branch:
         console.print(f"Nothing shipped; work so far is on {state.integration_branch}", highlight=False)
     if run_url:

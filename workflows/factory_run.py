@@ -160,10 +160,16 @@ class FactoryRunWorkflow:
                 integration_branch=prepared.integration_branch,
                 integration_sha=head,
                 mode=config.ship,
+                remote=config.remote,
+                github_repo=config.github_repo,
+                title=f"factory: {self._require_state().plan_summary}"[:200],
+                body=_pull_request_body(self._require_state()),
             ),
             timeouts.git_s,
         )
-        self._update(shipped_sha=shipped.shipped_sha)
+        self._update(
+            shipped_sha=shipped.shipped_sha, shipped_to=shipped.target, pull_request_url=shipped.pull_request_url
+        )
         self._set_phase("shipped")
 
     async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
@@ -426,6 +432,12 @@ class FactoryRunWorkflow:
             for task in self._require_state().tasks
         ]
         self._update(tasks=tasks)
+
+
+def _pull_request_body(state: RunState) -> str:
+    lines = [f"Built by darkfactory run `{state.run_id}` from a spec; every task passed its gates.", ""]
+    lines += [f"- `{task.id}`: {task.title} ({task.attempts} attempt(s))" for task in state.tasks]
+    return "\n".join(lines)
 
 
 def _failing(report: GateReport) -> str:
