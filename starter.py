@@ -364,7 +364,7 @@ def queue(as_json: bool = typer.Option(False, "--json", help="Print the waiting 
     for column in ("run", "task", "since", "reason"):
         table.add_column(column)
     for item in waiting:
-        table.add_row(item["run_id"], item["task_id"], item["since"], item["reason"])
+        table.add_row(item["run_id"], item["task_id"] or "(run)", item["since"], item["reason"])
     console.print(table)
     console.print(f"Answer with: factory approve|reject|retry RUN TASK [--note TEXT]   (web UI filter: {QUEUE_QUERY})")
 
@@ -394,27 +394,29 @@ def _decide(action: str, run_id: str, task_id: str, note: str, by: str | None) -
         asyncio.run(send_decision(action, run_id, task_id, DecisionInput(note=note, by=by or getpass.getuser())))
     except UsageError as exc:
         fail(str(exc))
-    typer.echo(f"{action} sent to task {task_id} of run {run_id}")
+    typer.echo(f"{action} sent to " + (f"task {task_id} of run {run_id}" if task_id else f"run {run_id}"))
 
 
 async def send_decision(action: str, run_id: str, task_id: str, decision: DecisionInput) -> None:
     async with AsyncExitStack() as stack:
         session = await open_session(stack, with_worker=False)
-        handle = session.client.get_workflow_handle(task_workflow_id(run_id, task_id))
+        workflow_id = task_workflow_id(run_id, task_id) if task_id else run_workflow_id(run_id)
+        what = f"task {task_id} of run {run_id}" if task_id else f"run {run_id}"
+        handle = session.client.get_workflow_handle(workflow_id)
         try:
             description = await handle.describe()
         except RPCError:
-            raise UsageError(f"run {run_id} has no task {task_id!r} (no workflow {handle.id})") from None
+            raise UsageError(f"{what} does not exist (no workflow {workflow_id})") from None
         memo = await description.memo()
         if description.status != WorkflowExecutionStatus.RUNNING or not memo.get("escalation"):
-            raise UsageError(f"task {task_id} of run {run_id} is not waiting for a person; see `factory queue`")
+            raise UsageError(f"{what} is not waiting for a person; see `factory queue`")
         await handle.signal(action, decision)
 
 
 @app.command()
 def approve(
     run_id: str = typer.Argument(..., help="The run id."),
-    task_id: str = typer.Argument(..., help="The task id."),
+    task_id: str = typer.Argument("", help="The task id (none: the run itself, waiting after a rollback)."),
     note: str = typer.Option("", help="Why."),
     by: str | None = typer.Option(None, help="Who decides (default: your user name)."),
 ) -> None:
@@ -425,7 +427,7 @@ def approve(
 @app.command()
 def reject(
     run_id: str = typer.Argument(..., help="The run id."),
-    task_id: str = typer.Argument(..., help="The task id."),
+    task_id: str = typer.Argument("", help="The task id (none: the run itself, waiting after a rollback)."),
     note: str = typer.Option("", help="Why."),
     by: str | None = typer.Option(None, help="Who decides (default: your user name)."),
 ) -> None:

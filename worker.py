@@ -168,6 +168,7 @@ def build_worker(
                     workspace.merge_task,
                     workspace.restore_branch,
                     workspace.ship_run,
+                    workspace.revert_shipped,
                     workspace.release_workspaces,
                 ],
                 # git and tools block: they run as sync activities in this pool.

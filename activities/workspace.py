@@ -26,6 +26,7 @@ from darkfactory.contracts import (
     PreparedRun,
     PrepareRunInput,
     RestoreBranchInput,
+    RevertShippedInput,
     RunToolsInput,
     RunToolsResult,
     ShipInput,
@@ -160,6 +161,29 @@ class WorkspaceActivities:
             raise business_error(SHIP_REFUSED, str(exc)) from exc
         except shipping.GitHubError as exc:
             raise github_error(exc) from None
+
+    @activity.defn
+    def revert_shipped(self, input: RevertShippedInput) -> str:
+        """Undo a shipped change with a compensating commit, delivered the same way; returns its sha."""
+        ship = input.ship
+        message = f"Revert darkfactory run {input.run_id}\n\n{input.reason}\n\nFactory-Revert: {input.run_id}\n"
+        revert = workspace.compensating_commit(
+            input.repo_path, ship.base_sha, input.shipped_sha, message, input.commit_time
+        )
+        try:
+            if ship.mode == "branch":
+                workspace.restore_branch(input.repo_path, ship.integration_branch, revert, input.shipped_sha)
+            elif ship.mode == "merge":
+                workspace.ship(
+                    input.repo_path, "merge", ship.base_branch, input.shipped_sha, ship.integration_branch, revert
+                )
+            else:
+                branch = ship.base_branch if ship.mode == "push" else f"factory/{input.run_id}"
+                shipping.push_branch(input.repo_path, ship.remote, revert, branch)
+        except workspace.ShipError as exc:
+            raise business_error(SHIP_REFUSED, f"could not deliver the rollback: {exc}") from exc
+        log.warning("shipped_change_reverted", revert=revert, reason=input.reason[:300])
+        return revert
 
     def _open_pull_request(self, input: ShipInput) -> ShipResult:
         token = os.environ.get("GITHUB_TOKEN")

@@ -458,6 +458,17 @@ class ShipInput(Frozen):
     body: str = ""
 
 
+class RevertShippedInput(Frozen):
+    """Undo a shipped change with a compensating commit, delivered the way the change was."""
+
+    run_id: str
+    repo_path: str
+    ship: ShipInput
+    shipped_sha: str
+    reason: str
+    commit_time: int
+
+
 class ShipResult(Frozen):
     mode: ShipMode
     shipped_sha: str
@@ -632,7 +643,9 @@ class TaskSummary(Frozen):
     """Every human (or deadline) decision on this task, with who, when and the note."""
 
 
-RunPhase = Literal["preparing", "planning", "running", "verifying", "shipping", "shipped", "failed", "cancelled"]
+RunPhase = Literal[
+    "preparing", "planning", "running", "verifying", "shipping", "checking", "shipped", "failed", "cancelled"
+]
 
 
 class RunState(Frozen):
@@ -654,6 +667,11 @@ class RunState(Frozen):
     shipped_to: str = ""
     """Where the result went: a branch, or `remote/branch`."""
     pull_request_url: str | None = None
+    post_ship_check: list[GateResult] = Field(default_factory=list)
+    rolled_back_sha: str | None = None
+    """The compensating commit that undid the shipped change after its post-ship check failed."""
+    decisions: list[Decision] = Field(default_factory=list)
+    """Run-level decisions (after a rollback)."""
     final_gates: list[GateResult] = Field(default_factory=list)
     error: str = ""
 

@@ -51,13 +51,15 @@ class Commands(_Config):
     None: pytest plus the repository's requirements*.txt."""
     test: Argv | None = None
     """The test command. None: `python -m pytest -q`."""
+    post_ship_check: Argv | None = None
+    """Run on what was shipped; if it fails, the shipped change is reverted and the run escalates."""
 
     @field_validator("setup", mode="before")
     @classmethod
     def _setup_argv(cls, value: object) -> object:
         return [_argv(item) for item in value] if isinstance(value, list) else value
 
-    @field_validator("test", mode="before")
+    @field_validator("test", "post_ship_check", mode="before")
     @classmethod
     def _test_argv(cls, value: object) -> object:
         return _argv(value)

@@ -221,6 +221,14 @@ def snapshot(worktree: Path, workspace: WorkspaceRef, message: str, commit_time:
     return new_sha
 
 
+def compensating_commit(repo_path: str, base_sha: str, shipped_sha: str, message: str, commit_time: int) -> str:
+    """A commit on top of `shipped_sha` whose tree is `base_sha`'s: it undoes everything shipped since the base.
+    The same inputs always give the same sha, so a retried rollback converges on one commit."""
+    run = GitRun(Path(repo_path))
+    tree = run("rev-parse", f"{base_sha}^{{tree}}")
+    return run("commit-tree", tree, "-p", shipped_sha, "-m", message, commit_time=commit_time)
+
+
 def restore_branch(repo_path: str, branch: str, sha: str, expected: str) -> None:
     """Move `branch` back to `sha` if it stands at `expected` (idempotent: already at `sha` is success)."""
     _advance_ref(Path(repo_path), branch, sha, expected)

@@ -3,13 +3,18 @@ for the GitHub REST API. A ship step retried after its side effect pushes once a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
+from darkfactory.contracts import RunState
 from darkfactory.testing.fake_github import FakeGitHub
 from tests.conftest import DEMO, git, request_for, run_to_end
+from tests.test_escalation import address, cli, started, with_policy
+from workflows import FactoryRunWorkflow
 
 TOKEN = "ghp_test_not_a_real_token_0123456789"
 
@@ -80,3 +85,51 @@ async def test_a_pull_request_without_a_token_fails_the_run_with_what_to_set(
     summary = await run_to_end(client, factory_home, request)
 
     assert summary.phase == "failed" and "GITHUB_TOKEN" in summary.error
+
+
+CHECK_FAILS = """[commands]
+post_ship_check = "python -c 'import sys, textkit; sys.exit(1 if hasattr(textkit, \\"slugify\\") else 0)'"
+"""
+
+
+async def rolled_back(client: Client, handle: WorkflowHandle[Any, RunState]) -> RunState:
+    """Follow the run event by event until it waits for a person after a rollback (no sleeping)."""
+    async for _event in handle.fetch_history_events(wait_new_event=True):
+        state = await handle.query(FactoryRunWorkflow.status)
+        if state and state.rolled_back_sha:
+            return state
+    raise AssertionError("the run ended without rolling back")
+
+
+@pytest.mark.parametrize("answer", ["reject", "approve"])
+async def test_a_failing_post_ship_check_reverts_the_shipped_change_and_waits_for_a_person(
+    client: Client, factory_home: Path, demo_repo: Path, answer: str
+) -> None:
+    with_policy(demo_repo, CHECK_FAILS)
+    base_tree = git(demo_repo, "rev-parse", "main^{tree}")
+    request = request_for(demo_repo, f"scripted:{DEMO / 'transcript.json'}", ship="merge")
+    async with started(client, factory_home, request) as handle:
+        state = await rolled_back(client, handle)
+        # Reverted on main (and its checkout) by one compensating commit, and the run is in the queue.
+        assert git(demo_repo, "rev-parse", "main") == state.rolled_back_sha
+        assert git(demo_repo, "rev-parse", "main^{tree}") == base_tree
+        assert not (demo_repo / "textkit" / "slug.py").exists()
+        queue = cli(address(client), "queue", "--json")
+        assert [(w["run_id"], w["task_id"]) for w in json.loads(queue.stdout) if w["run_id"] == request.run_id] == [
+            (request.run_id, "")
+        ]
+        sent = cli(address(client), answer, request.run_id, "--by", "fay")
+        assert sent.returncode == 0, sent.stderr
+        summary = await handle.result()
+
+    assert [(d.action, d.by) for d in summary.decisions] == [(answer, "fay")]
+    assert "post-ship check failed" in summary.decisions[0].reason
+    if answer == "reject":
+        assert summary.phase == "failed" and "stays reverted" in summary.error
+        assert git(demo_repo, "rev-parse", "main^{tree}") == base_tree
+    else:
+        assert summary.phase == "shipped"
+        assert git(demo_repo, "rev-parse", "main") == summary.shipped_sha
+        assert (demo_repo / "textkit" / "slug.py").exists()
+    subjects = git(demo_repo, "log", "--format=%s", "main").splitlines()
+    assert f"Revert darkfactory run {request.run_id}" in subjects

@@ -22,6 +22,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.workspace import WorkspaceActivities
     from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, task_workflow_id
     from darkfactory.contracts import (
+        Decision,
+        DecisionAction,
+        DecisionInput,
+        EscalationState,
         GateReport,
         MergeResult,
         MergeTaskInput,
@@ -32,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         PreparedRun,
         PrepareRunInput,
         RestoreBranchInput,
+        RevertShippedInput,
         RunGatesInput,
         RunPhase,
         RunRequest,
@@ -65,6 +70,8 @@ class FactoryRunWorkflow:
         self._state: RunState | None = None
         self._head = ""
         self._merge_lock = asyncio.Lock()
+        self._waiting_reason: str | None = None
+        self._answer: Decision | None = None
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -150,27 +157,142 @@ class FactoryRunWorkflow:
             raise RunFailed("the integration branch failed its gates after merging: " + _failing(report))
 
         self._set_phase("shipping")
-        shipped: ShipResult = await self._activity(
-            WorkspaceActivities.ship_run,
-            ShipInput(
-                run_id=request.run_id,
-                repo_path=request.repo_path,
-                base_branch=request.base_branch,
-                base_sha=prepared.base_sha,
-                integration_branch=prepared.integration_branch,
-                integration_sha=head,
-                mode=config.ship,
-                remote=config.remote,
-                github_repo=config.github_repo,
-                title=f"factory: {self._require_state().plan_summary}"[:200],
-                body=_pull_request_body(self._require_state()),
-            ),
-            timeouts.git_s,
+        ship_input = ShipInput(
+            run_id=request.run_id,
+            repo_path=request.repo_path,
+            base_branch=request.base_branch,
+            base_sha=prepared.base_sha,
+            integration_branch=prepared.integration_branch,
+            integration_sha=head,
+            mode=config.ship,
+            remote=config.remote,
+            github_repo=config.github_repo,
+            title=f"factory: {self._require_state().plan_summary}"[:200],
+            body=_pull_request_body(self._require_state()),
         )
+        shipped: ShipResult = await self._activity(WorkspaceActivities.ship_run, ship_input, timeouts.git_s)
         self._update(
             shipped_sha=shipped.shipped_sha, shipped_to=shipped.target, pull_request_url=shipped.pull_request_url
         )
+        await self._check_shipped(request, prepared, ship_input, shipped.shipped_sha)
         self._set_phase("shipped")
+
+    async def _check_shipped(self, request: RunRequest, prepared: PreparedRun, ship: ShipInput, sha: str) -> None:
+        """Run the policy's post-ship check on what shipped; on failure revert it and wait for a person."""
+        check = prepared.policy.commands.post_ship_check
+        if not check:
+            return
+        timeouts = request.config.timeouts
+        self._set_phase("checking")
+        report: GateReport = await self._activity(
+            GateActivities.run_gates,
+            RunGatesInput(
+                run_id=request.run_id,
+                task_id="_post_ship",
+                attempt=1,
+                repo_path=request.repo_path,
+                sha=sha,
+                base_sha=prepared.base_sha,
+                config=request.config.model_copy(update={"test_command": check}),
+                policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
+            ),
+            timeouts.gates_s,
+            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
+        )
+        self._update(post_ship_check=report.results)
+        if report.passed:
+            return
+        reason = f"the post-ship check failed: {_failing(report)}"
+        revert: str = await self._activity(
+            WorkspaceActivities.revert_shipped,
+            RevertShippedInput(
+                run_id=request.run_id,
+                repo_path=request.repo_path,
+                ship=ship,
+                shipped_sha=sha,
+                reason=reason,
+                commit_time=int(workflow.now().timestamp()),
+            ),
+            timeouts.git_s,
+        )
+        self._update(rolled_back_sha=revert)
+        decision = await self._escalate(request, prepared, f"{reason}; the shipped change was reverted")
+        if decision.action != "approve":
+            raise RunFailed(
+                f"{reason}; the shipped change was reverted by {revert[:12]} and stays reverted "
+                f"({decision.action} by {decision.by})"
+            )
+        # A person accepts the change despite the check: restore it, delivered the same way.
+        restored: str = await self._activity(
+            WorkspaceActivities.revert_shipped,
+            RevertShippedInput(
+                run_id=request.run_id,
+                repo_path=request.repo_path,
+                ship=ship.model_copy(update={"base_sha": sha}),
+                shipped_sha=revert,
+                reason=f"restored: approved by {decision.by}",
+                commit_time=int(workflow.now().timestamp()),
+            ),
+            timeouts.git_s,
+        )
+        self._update(shipped_sha=restored)
+
+    # -- people (after a rollback) -----------------------------------------------------------------
+
+    @workflow.signal
+    def approve(self, input: DecisionInput | None = None) -> None:
+        """After a rollback: ship the change again despite the failed post-ship check."""
+        self._decide("approve", input)
+
+    @workflow.signal
+    def reject(self, input: DecisionInput | None = None) -> None:
+        """After a rollback: keep it reverted; the run ends failed."""
+        self._decide("reject", input)
+
+    def _decide(self, action: DecisionAction, input: DecisionInput | None) -> None:
+        if self._waiting_reason is None or self._answer is not None:
+            workflow.logger.warning("ignored %s: the run is not waiting for a person", action)
+            return
+        given = input or DecisionInput()
+        self._answer = Decision(
+            action=action, note=given.note, by=given.by or "unknown", at=workflow.now(), reason=self._waiting_reason
+        )
+
+    async def _escalate(self, request: RunRequest, prepared: PreparedRun, reason: str) -> Decision:
+        policy = prepared.policy.escalation
+        now = workflow.now()
+        deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
+        self._waiting_reason = reason
+        self._answer = None
+        workflow.upsert_search_attributes([STATUS.value_set("escalated"), NEEDS_REVIEW.value_set(True)])
+        escalation = EscalationState(
+            reason=reason,
+            since=now,
+            attempt=0,
+            sha=self._require_state().shipped_sha or "",
+            deadline=now + deadline if deadline else None,
+        )
+        workflow.upsert_memo(
+            {"escalation": escalation.model_dump(mode="json"), "run_id": request.run_id, "task_id": ""}
+        )
+        try:
+            await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
+            answer = self._answer
+        except TimeoutError:
+            answer = Decision(
+                action=policy.default_action,
+                note="the escalation deadline passed",
+                by="policy (deadline)",
+                at=workflow.now(),
+                reason=reason,
+            )
+        if answer is None:
+            raise ApplicationError("escalation ended without a decision", non_retryable=True)
+        self._waiting_reason = None
+        self._update(decisions=[*self._require_state().decisions, answer])
+        workflow.upsert_memo({"escalation": None})
+        workflow.upsert_search_attributes([NEEDS_REVIEW.value_set(False)])
+        return answer
 
     async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
         """Ask for a plan; an invalid one goes back to the planner with the problem, a bounded number of times."""
