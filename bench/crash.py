@@ -11,6 +11,7 @@ kill; the figure also reports how many calls were in flight at each kill and how
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import CALLS_PER_TASK, Bench, progress, require_success, run_request, write_transcript
+from history import workflow_task_timeouts
+
 from darkfactory.contracts import Timeouts
 from darkfactory.llm import context_from_request
-from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, ScriptResponder
-
-from harness import CALLS_PER_TASK, Bench, progress, require_success, run_request, write_transcript
+from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, RecordedRequest, ScriptResponder
 
 MODEL = "claude-sonnet-5-5"
 HEARTBEAT_S = 2.5
@@ -44,6 +46,14 @@ class CrashResult:
     recovery_s: list[float]
     """From each kill to the next model request (by the new worker)."""
     wall_s: float
+    baseline_s: float
+    """The same run without kills."""
+    workflow_task_timeouts: int
+    """Workflow tasks that timed out in the killed run (left on a dead worker's sticky queue)."""
+
+    @property
+    def lost_per_kill_s(self) -> float:
+        return (self.wall_s - self.baseline_s) / self.kills
 
     @property
     def repeated(self) -> int:
@@ -73,15 +83,48 @@ def kill_points(rng: random.Random, calls: int, kills: int) -> list[int]:
     """`kills` request counts in 1..calls, at least 2 apart, so every new worker gets somewhere first."""
     while True:
         points = sorted(rng.sample(range(1, calls + 1), kills))
-        if all(b - a >= 2 for a, b in zip(points, points[1:], strict=False)):
+        if all(b - a >= 2 for a, b in itertools.pairwise(points)):
             return points
 
 
 async def measure(bench: Bench, tasks: int, kills: int, seed: int, delay_s: float) -> CrashResult:
-    repo = bench.repo("crash")
-    bench.target_env(repo)
     script = write_transcript(bench.root, tasks)
     points = kill_points(random.Random(seed), 1 + CALLS_PER_TASK * tasks, kills)
+    progress(f"crash: the same {tasks} sequential tasks without kills first, for the time a kill costs")
+    baseline = await _run(bench, script, [], delay_s)
+    progress(f"crash: {baseline.wall_s:.1f}s without kills; now SIGKILL at model requests {points} (seed {seed})")
+    killed = await _run(bench, script, points, delay_s)
+    keys = [context_from_request(r.body).key for r in killed.requests]
+    recovery = [min((r.at for r in killed.requests if r.at > at), default=at) - at for at in killed.killed_at]
+    result = CrashResult(
+        tasks=tasks,
+        kills=kills,
+        kill_points=points,
+        requests=len(keys),
+        distinct=len(set(keys)),
+        in_flight=killed.in_flight,
+        recovery_s=recovery,
+        wall_s=killed.wall_s,
+        baseline_s=baseline.wall_s,
+        workflow_task_timeouts=killed.workflow_task_timeouts,
+    )
+    progress(f"crash: {result.repeated} call(s) repeated over {kills} kills; run took {killed.wall_s:.1f}s")
+    return result
+
+
+@dataclass
+class _Run:
+    wall_s: float
+    requests: list[RecordedRequest]
+    in_flight: list[int]
+    killed_at: list[float]
+    workflow_task_timeouts: int
+
+
+async def _run(bench: Bench, script: Path, points: list[int], delay_s: float) -> _Run:
+    """One run on a fresh repository, its worker SIGKILLed and replaced as each request count in `points` arrives."""
+    repo = bench.repo(f"crash-{len(points)}-kills")
+    bench.target_env(repo)
     queue = f"bench-crash-{uuid.uuid4().hex[:8]}"
     responder = CountingResponder(script)
     in_flight: list[int] = []
@@ -90,7 +133,6 @@ async def measure(bench: Bench, tasks: int, kills: int, seed: int, delay_s: floa
         extra = {"ANTHROPIC_BASE_URL": server.base_url}
         worker = bench.start_worker(queue, extra)
         await bench.wait_polling(queue, worker)
-        progress(f"crash: {tasks} sequential tasks, SIGKILL at model requests {points} (seed {seed})")
         request = run_request(repo, MODEL, max_parallel=1, timeouts=TIMEOUTS)
         started = time.monotonic()
         handle = await bench.start_run(request, queue)
@@ -109,8 +151,4 @@ async def measure(bench: Bench, tasks: int, kills: int, seed: int, delay_s: floa
         requests = server.requests
     worker.stop()
     require_success(summary, "crash")
-    keys = [context_from_request(r.body).key for r in requests]
-    recovery = [min((r.at for r in requests if r.at > at), default=at) - at for at in killed_at]
-    result = CrashResult(tasks, kills, points, len(keys), len(set(keys)), in_flight, recovery, wall)
-    progress(f"crash: {result.repeated} call(s) repeated over {kills} kills; run took {wall:.1f}s")
-    return result
+    return _Run(wall, requests, in_flight, killed_at, await workflow_task_timeouts(bench.client, summary))

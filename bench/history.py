@@ -51,14 +51,24 @@ def activity_spans(events: list[HistoryEvent]) -> list[Span]:
     return spans
 
 
+async def histories(client: Client, summary: RunState) -> list[list[HistoryEvent]]:
+    """The events of the run's history and of each task workflow's, one list per history."""
+    ids = [run_workflow_id(summary.run_id), *(task_workflow_id(summary.run_id, t.id) for t in summary.tasks)]
+    return [list((await client.get_workflow_handle(i).fetch_history()).events) for i in ids]
+
+
 async def run_spans(client: Client, summary: RunState) -> list[Span]:
     """Every activity span of the run and of its task workflows."""
-    spans: list[Span] = []
-    ids = [run_workflow_id(summary.run_id), *(task_workflow_id(summary.run_id, t.id) for t in summary.tasks)]
-    for workflow_id in ids:
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
-        spans.extend(activity_spans(list(history.events)))
-    return spans
+    return [span for events in await histories(client, summary) for span in activity_spans(events)]
+
+
+async def workflow_task_timeouts(client: Client, summary: RunState) -> int:
+    """Workflow tasks that timed out: after a kill, those left on the dead worker's sticky queue."""
+    return sum(
+        event.HasField("workflow_task_timed_out_event_attributes")
+        for events in await histories(client, summary)
+        for event in events
+    )
 
 
 CATEGORIES = {

@@ -16,13 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import Bench, git, progress, require_success, run_request, task_files, task_id, timed, write_transcript
+from history import by_category, gate_seconds, run_spans
+
 from darkfactory.contracts import Timeouts
 from darkfactory.gates import DEFAULT_TEST_COMMAND
 from darkfactory.gates.lint import ruff_binary
 from darkfactory.target_env import TargetEnv, setup_environment
-
-from harness import Bench, git, progress, require_success, run_request, task_files, task_id, timed, write_transcript
-from history import by_category, gate_seconds, run_spans
 
 TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
 

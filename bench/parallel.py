@@ -14,11 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from darkfactory.contracts import Timeouts
-from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
-
 from harness import CALLS_PER_TASK, Bench, progress, require_success, run_request, timed, write_transcript
 from history import run_spans
+
+from darkfactory.contracts import Timeouts
+from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
 
 MODEL = "claude-sonnet-5-5"
 TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=120.0, tools_s=120.0, gates_s=900.0, git_s=60.0)

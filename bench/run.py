@@ -19,8 +19,9 @@ from pathlib import Path
 import crash
 import overhead
 import parallel
-from darkfactory.sandbox import sandbox_tier
 from harness import Bench, progress
+
+from darkfactory.sandbox import sandbox_tier
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -107,16 +108,16 @@ def render(
         "",
         "| figure | result | target | measured as |",
         "| --- | --- | --- | --- |",
-        f"| 1. Overhead | **{cost.ratio:.2f}×** (factory {cost.factory_s:.1f} s vs plain {cost.plain_s:.1f} s; "
-        f"{cost.factory_s / n:.1f} vs {cost.plain_s / n:.1f} s per task) | ≤ 1.15× | {n} sequential tasks, scripted "
+        f"| 1. Overhead | **{cost.ratio:.2f}x** (factory {cost.factory_s:.1f} s vs plain {cost.plain_s:.1f} s; "
+        f"{cost.factory_s / n:.1f} vs {cost.plain_s / n:.1f} s per task) | <= 1.15x | {n} sequential tasks, scripted "
         "model (zero latency), vs a plain script doing the same git + edit + ruff + pytest |",
         f"| 2. Parallel efficiency | **{par.efficiency:.0%}** (ideal {par.ideal_s:.1f} s / measured "
         f"{par.measured_s:.1f} s) | | {par.tasks} independent tasks, max_parallel={par.max_parallel}, every model "
         f"call {par.delay_s:.1f} s over the real SDK |",
         f"| 3. Throughput | **{par.per_hour:.0f} merged tasks/hour** | | the same run: {par.tasks} / "
-        f"{par.measured_s:.1f} s × 3600 |",
+        f"{par.measured_s:.1f} s x 3600 |",
         f"| 4. Crash cost | **{crashed.per_kill:.2f} repeated model calls per kill** ({crashed.repeated} over "
-        f"{crashed.kills} SIGKILLs) | ≤ 1 | {crashed.tasks} sequential tasks, worker SIGKILLed at seeded random "
+        f"{crashed.kills} SIGKILLs) | <= 1 | {crashed.tasks} sequential tasks, worker SIGKILLed at seeded random "
         "model-request counts, new worker started |",
         "",
         "Settings: "
@@ -136,7 +137,7 @@ def render(
         )
         + ".",
         "",
-        "Overhead breakdown (factory run, summed over the run; orchestration = wall − activity time):",
+        "Overhead breakdown (factory run, summed over the run; orchestration = wall - activity time):",
         "",
         "| where | factory s | per task | plain s | per task |",
         "| --- | --- | --- | --- | --- |",
@@ -150,9 +151,10 @@ def render(
     for label, key, plain_keys in rows:
         factory_s = cost.factory_parts.get(key, 0.0)
         plain_s = sum(cost.plain_parts.get(k, 0.0) for k in plain_keys)
-        plain_cells = f"{plain_s:.1f} | {plain_s / n:.2f}" if plain_keys else "– | –"
+        plain_cells = f"{plain_s:.1f} | {plain_s / n:.2f}" if plain_keys else "- | -"
         lines.append(f"| {label} | {factory_s:.1f} | {factory_s / n:.2f} | {plain_cells} |")
-    gates = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(cost.gates.items(), key=lambda i: -i[1]))
+    timed_gates = sorted(((n, t) for n, t in cost.gates.items() if t >= 0.05), key=lambda item: -item[1])
+    gates = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timed_gates) + "; the others < 0.05 s"
     lines += [
         "",
         f"Factory gate time by gate ({n} tasks + the integration verification): {gates}.",
@@ -164,7 +166,9 @@ def render(
         f"Crash run: kills at model requests {crashed.kill_points}; calls in flight at each kill {crashed.in_flight}; "
         f"{crashed.requests} requests for {crashed.distinct} distinct calls; recovery (kill → the new worker's next "
         f"model request) {', '.join(f'{r:.1f}' for r in crashed.recovery_s)} s; every task merged; the run took "
-        f"{crashed.wall_s:.1f} s.",
+        f"{crashed.wall_s:.1f} s against {crashed.baseline_s:.1f} s without kills: "
+        f"{crashed.lost_per_kill_s:.1f} s lost per kill ({crashed.workflow_task_timeouts} workflow task(s) timed out "
+        "on a dead worker's sticky queue).",
     ]
     return "\n".join(lines)
 
