@@ -3,16 +3,21 @@ for the GitHub REST API. A ship step retried after its side effect pushes once a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
-from darkfactory.contracts import RunState
+from darkfactory.constants import run_workflow_id
+from darkfactory.contracts import RunState, Timeouts
 from darkfactory.testing.fake_github import FakeGitHub
 from tests.conftest import DEMO, git, request_for, run_to_end
+from tests.test_durability import Worker
 from tests.test_escalation import address, cli, started, with_policy
 from workflows import FactoryRunWorkflow
 
@@ -133,3 +138,49 @@ async def test_a_failing_post_ship_check_reverts_the_shipped_change_and_waits_fo
         assert (demo_repo / "textkit" / "slug.py").exists()
     subjects = git(demo_repo, "log", "--format=%s", "main").splitlines()
     assert f"Revert darkfactory run {request.run_id}" in subjects
+
+
+async def test_a_worker_killed_while_opening_the_pull_request_leaves_one_push_and_one_pr(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path
+) -> None:
+    remote = bare_remote(demo_repo, tmp_path)
+    queue = f"ship-kill-{uuid.uuid4().hex}"
+    request = request_for(
+        demo_repo,
+        f"scripted:{DEMO / 'transcript.json'}",
+        ship="pr",
+        github_repo="acme/textkit",
+        timeouts=Timeouts(heartbeat_s=3.0, git_s=10.0),
+    )
+    with FakeGitHub(token=TOKEN) as github:
+        arrived = github.hold_next_create()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "GITHUB_", "DARKFACTORY_"))}
+        env.update(
+            TEMPORAL_ADDRESS=address(client),
+            DARKFACTORY_HOME=str(factory_home),
+            GITHUB_TOKEN=TOKEN,
+            GITHUB_API_URL=github.api_url,
+        )
+        first = Worker(env, queue, tmp_path / "worker-1.log")
+        second: Worker | None = None
+        try:
+            handle = await client.start_workflow(
+                FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=queue
+            )
+            assert await asyncio.to_thread(arrived.wait, 180), "the pull request was never opened"
+            first.kill()  # mid-ship: pushed, and the create request is in flight
+            github.release()  # the PR is created; its answer goes to a dead worker
+            second = Worker(env, queue, tmp_path / "worker-2.log")
+            summary = await asyncio.wait_for(handle.result(), timeout=300)
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+        pulls = github.pulls
+        creates = github.count("POST", "/pulls")
+
+    assert summary.succeeded, summary.error
+    head = f"factory/{request.run_id}"
+    assert len(pulls) == 1 and creates == 1
+    assert reflog_entries(remote, head) == 1
+    assert git(remote, "rev-parse", f"refs/heads/{head}") == summary.shipped_sha

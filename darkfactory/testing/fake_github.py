@@ -89,6 +89,8 @@ class FakeGitHub:
         self.token = token
         self.repos = None if repos is None else {r.lower() for r in repos}
         self._host = host
+        self._create_holds: list[threading.Event] = []
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[GitHubRequest] = []
         self._pulls: list[dict[str, Any]] = []
@@ -114,6 +116,7 @@ class FakeGitHub:
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self._released.set()  # a parked create must not keep the server from stopping
         self._httpd.shutdown()
         with self._lock:
             connections = list(self._connections)
@@ -177,6 +180,17 @@ class FakeGitHub:
         with self._lock:
             self._drop_creates += count
 
+    def hold_next_create(self) -> threading.Event:
+        """Park the next create until `release()`; the returned Event says it arrived. After release the PR
+        is created and answered — to a client that may be dead by then (a worker killed mid-ship)."""
+        arrived = threading.Event()
+        with self._lock:
+            self._create_holds.append(arrived)
+        return arrived
+
+    def release(self) -> None:
+        self._released.set()
+
     def stale_next_lists(self, count: int) -> None:
         """The next `count` list calls answer `[]`, like GitHub's lists lagging its writes."""
         with self._lock:
@@ -197,6 +211,12 @@ class FakeGitHub:
         split = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         headers = {k.lower(): v for k, v in handler.headers.items()}
+        if handler.command == "POST" and split.path.endswith("/pulls"):
+            with self._lock:
+                arrived = self._create_holds.pop(0) if self._create_holds else None
+            if arrived is not None:
+                arrived.set()
+                self._released.wait(timeout=300)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
