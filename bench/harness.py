@@ -162,6 +162,7 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        self.log.close()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -226,7 +227,8 @@ class Bench:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for worker in self.workers:
-            worker.stop()
+            # After a failure or Ctrl-C nothing is waited for: the runs are durable, the server goes next.
+            worker.stop() if exc is None else worker.kill()
         self.workers.clear()
         if self.env is not None:
             # Shielded: on Ctrl-C the server must still go, or it outlives the benchmark.

@@ -51,15 +51,17 @@ def activity_spans(events: list[HistoryEvent]) -> list[Span]:
     return spans
 
 
-async def histories(client: Client, summary: RunState) -> list[list[HistoryEvent]]:
-    """The events of the run's history and of each task workflow's, one list per history."""
-    ids = [run_workflow_id(summary.run_id), *(task_workflow_id(summary.run_id, t.id) for t in summary.tasks)]
+async def histories(client: Client, summary: RunState, *, tasks: bool = True) -> list[list[HistoryEvent]]:
+    """The events of the run's history and (with `tasks`) of each task workflow's, one list per history."""
+    ids = [run_workflow_id(summary.run_id)]
+    if tasks:
+        ids += [task_workflow_id(summary.run_id, t.id) for t in summary.tasks]
     return [list((await client.get_workflow_handle(i).fetch_history()).events) for i in ids]
 
 
-async def run_spans(client: Client, summary: RunState) -> list[Span]:
-    """Every activity span of the run and of its task workflows."""
-    return [span for events in await histories(client, summary) for span in activity_spans(events)]
+async def run_spans(client: Client, summary: RunState, *, tasks: bool = True) -> list[Span]:
+    """Every activity span of the run and (with `tasks`) of its task workflows."""
+    return [span for events in await histories(client, summary, tasks=tasks) for span in activity_spans(events)]
 
 
 async def workflow_task_timeouts(client: Client, summary: RunState) -> int:

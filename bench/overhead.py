@@ -9,11 +9,12 @@ pytest on the integration branch and a fast-forward of `main` (the factory's fin
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import Bench, git, progress, require_success, run_request, task_files, task_id, timed, write_transcript
@@ -27,23 +28,44 @@ from darkfactory.target_env import TargetEnv, setup_environment
 TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
 
 
-@dataclass
-class OverheadResult:
-    tasks: int
+@dataclass(frozen=True)
+class Sample:
+    """One factory run and one plain run of the same tasks."""
+
     factory_s: float
     plain_s: float
     factory_parts: dict[str, float]
     """Summed activity time per category (gates, model, git+tools) plus `orchestration`: the rest of the wall."""
     gates: dict[str, float]
     """Summed seconds per gate (every task plus the integration verification)."""
-    plain_parts: dict[str, float] = field(default_factory=dict)
+    plain_parts: dict[str, float]
+    """Seconds per kind of step of the plain script (git, edit, lint, tests)."""
+
+
+@dataclass
+class OverheadResult:
+    tasks: int
+    samples: list[Sample]
+
+    @property
+    def factory_s(self) -> float:
+        return statistics.median(s.factory_s for s in self.samples)
+
+    @property
+    def plain_s(self) -> float:
+        return statistics.median(s.plain_s for s in self.samples)
 
     @property
     def ratio(self) -> float:
         return self.factory_s / self.plain_s
 
+    @property
+    def typical(self) -> Sample:
+        """The sample whose factory time is the median: its breakdown is the one shown."""
+        return sorted(self.samples, key=lambda s: s.factory_s)[len(self.samples) // 2]
 
-async def measure(bench: Bench, tasks: int) -> OverheadResult:
+
+async def measure(bench: Bench, tasks: int, repeats: int) -> OverheadResult:
     env = bench.target_env(bench.repo("env-seed"))
     queue = f"bench-overhead-{uuid.uuid4().hex[:8]}"
     worker = bench.start_worker(queue)
@@ -54,14 +76,17 @@ async def measure(bench: Bench, tasks: int) -> OverheadResult:
     await _factory(bench, queue, 1, "warmup")
     _plain(bench.repo("plain-warmup"), 1, env, bench.root / "plain-warmup")
 
-    progress(f"overhead: factory run, {tasks} sequential tasks, scripted model (zero latency)")
-    factory_s, parts, gates = await _factory(bench, queue, tasks, "factory")
-    progress(f"overhead: factory {factory_s:.1f}s; now the plain script on the same {tasks} tasks")
-    with timed() as plain:
-        plain_parts = _plain(bench.repo("plain"), tasks, env, bench.root / "plain")
+    samples: list[Sample] = []
+    for number in range(1, repeats + 1):
+        factory_s, parts, gates = await _factory(bench, queue, tasks, f"factory-{number}")
+        with timed() as plain:
+            plain_parts = _plain(bench.repo(f"plain-{number}"), tasks, env, bench.root / f"plain-{number}")
+        samples.append(Sample(factory_s, plain[0], parts, gates, plain_parts))
+        progress(
+            f"overhead {number}/{repeats}: {tasks} sequential tasks: factory {factory_s:.1f}s, plain {plain[0]:.1f}s"
+        )
     worker.stop()
-    progress(f"overhead: plain {plain[0]:.1f}s")
-    return OverheadResult(tasks, factory_s, plain[0], parts, gates, plain_parts)
+    return OverheadResult(tasks, samples)
 
 
 async def _factory(bench: Bench, queue: str, tasks: int, name: str) -> tuple[float, dict[str, float], dict[str, float]]:

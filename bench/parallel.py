@@ -38,6 +38,10 @@ class ParallelResult:
     """The integration branch's final verification (all gates)."""
     regression_gates: int
     """Merges that ran the integration suite because other work had merged since the task branched."""
+    gates_s: float
+    """Every gate activity's time, summed (they overlap: two run at once on two cores)."""
+    regression_s: float
+    """The merge queue's integration-suite runs, summed (these do not overlap)."""
 
     @property
     def ideal_s(self) -> float:
@@ -80,6 +84,9 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
     spans = await run_spans(bench.client, summary)
     gates = [s for s in spans if s.name == "run_gates"]
     verify = max(gates, key=lambda s: s.scheduled_s)
+    # The run's own history holds the merge queue's regression runs and the final verification.
+    regressions = [s for s in await run_spans(bench.client, summary, tasks=False) if s.name == "run_gates"]
+    regressions.remove(verify)
     return ParallelResult(
         tasks=tasks,
         max_parallel=max_parallel,
@@ -89,7 +96,9 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
         peak_in_flight=_peak(requests, delay_s),
         last_answer_s=max(r.at for r in requests) + delay_s - started,
         verify_s=verify.duration_s,
-        regression_gates=len(gates) - tasks - 1,
+        regression_gates=len(regressions),
+        gates_s=sum(s.duration_s for s in gates),
+        regression_s=sum(s.duration_s for s in regressions),
     )
 
 

@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results.md"
 @dataclass(frozen=True)
 class Settings:
     overhead_tasks: int
+    overhead_repeats: int
     parallel_tasks: int
     max_parallel: int
     delay_s: float
@@ -40,6 +43,7 @@ class Settings:
 
 FULL = Settings(
     overhead_tasks=6,
+    overhead_repeats=3,
     parallel_tasks=64,
     max_parallel=16,
     delay_s=2.0,
@@ -50,6 +54,7 @@ FULL = Settings(
 )
 QUICK = Settings(
     overhead_tasks=2,
+    overhead_repeats=1,
     parallel_tasks=8,
     max_parallel=4,
     delay_s=0.5,
@@ -68,28 +73,41 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     if args.seed is not None:
         settings = Settings(**{**settings.__dict__, "seed": args.seed})
+    interrupted = threading.Event()
     try:
-        report = asyncio.run(run(settings, quick=args.quick))
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+        report = asyncio.run(run(settings, quick=args.quick, interrupted=interrupted))
+    except BaseException:
+        # Ctrl-C also reaches the dev server (same process group), so what surfaces may be a broken RPC.
+        if interrupted.is_set():
+            progress("interrupted")
+            return 130
+        raise
     print(report)
     RESULTS.write_text(report + "\n")
     progress(f"written to {RESULTS}")
     return 0
 
 
-async def run(settings: Settings, *, quick: bool) -> str:
+async def run(settings: Settings, *, quick: bool, interrupted: threading.Event) -> str:
     started = time.monotonic()
+    load = os.getloadavg()[0]  # other work on the machine is the main source of noise
+    main_task = asyncio.current_task()
+
+    def interrupt() -> None:
+        interrupted.set()
+        if main_task is not None:
+            main_task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
     async with Bench() as bench:
         tier = sandbox_tier()
         progress(f"sandbox tier: {tier}")
-        cost = await overhead.measure(bench, settings.overhead_tasks)
+        cost = await overhead.measure(bench, settings.overhead_tasks, settings.overhead_repeats)
         par = await parallel.measure(bench, settings.parallel_tasks, settings.max_parallel, settings.delay_s)
         crashed = await crash.measure(
             bench, settings.crash_tasks, settings.kills, settings.seed, settings.crash_delay_s
         )
-    return render(settings, cost, par, crashed, tier, time.monotonic() - started, quick)
+    return render(settings, cost, par, crashed, tier, time.monotonic() - started, load, quick)
 
 
 def render(
@@ -99,9 +117,11 @@ def render(
     crashed: crash.CrashResult,
     tier: str,
     wall_s: float,
+    load: float,
     quick: bool,
 ) -> str:
     n = cost.tasks
+    rounds = ", ".join(f"{r.factory_s:.1f}/{r.plain_s:.1f}" for r in cost.samples)
     sandbox = tier if tier == "bwrap" else f"{tier} (bubblewrap missing or unusable: gates ran unsandboxed)"
     lines = [
         f"## darkfactory benchmarks{' (--quick)' if quick else ''}",
@@ -109,8 +129,9 @@ def render(
         "| figure | result | target | measured as |",
         "| --- | --- | --- | --- |",
         f"| 1. Overhead | **{cost.ratio:.2f}x** (factory {cost.factory_s:.1f} s vs plain {cost.plain_s:.1f} s; "
-        f"{cost.factory_s / n:.1f} vs {cost.plain_s / n:.1f} s per task) | <= 1.15x | {n} sequential tasks, scripted "
-        "model (zero latency), vs a plain script doing the same git + edit + ruff + pytest |",
+        f"{cost.factory_s / n:.2f} vs {cost.plain_s / n:.2f} s per task) | <= 1.15x | {n} sequential tasks, scripted "
+        "model (zero latency), vs a plain script doing the same git + edit + ruff + pytest; medians of "
+        f"{len(cost.samples)} rounds (factory/plain s: {rounds}) |",
         f"| 2. Parallel efficiency | **{par.efficiency:.0%}** (ideal {par.ideal_s:.1f} s / measured "
         f"{par.measured_s:.1f} s) | | {par.tasks} independent tasks, max_parallel={par.max_parallel}, every model "
         f"call {par.delay_s:.1f} s over the real SDK |",
@@ -132,28 +153,29 @@ def render(
                 f"parallel: DARKFACTORY_MODEL_CONCURRENCY={s.max_parallel}, "
                 f"DARKFACTORY_MAX_CONCURRENT_ACTIVITIES={s.max_parallel}, gate slots = cores",
                 f"crash: heartbeat_s={crash.HEARTBEAT_S}, model delay {s.crash_delay_s} s, seed {s.seed}",
-                f"whole benchmark {wall_s:.0f} s wall",
+                f"whole benchmark {wall_s:.0f} s wall, 1-minute load average {load:.2f} before it started",
             ]
         )
         + ".",
         "",
-        "Overhead breakdown (factory run, summed over the run; orchestration = wall - activity time):",
+        "Overhead breakdown (the median factory run and its plain run; orchestration = wall - activity time):",
         "",
         "| where | factory s | per task | plain s | per task |",
         "| --- | --- | --- | --- | --- |",
     ]
     rows = [
-        ("gates (tests, lint, …) / plain ruff + pytest", "gates", ("lint", "tests")),
+        ("gates / plain ruff + pytest", "gates", ("lint", "tests")),
         ("git and tools / plain git + edit", "git+tools", ("git", "edit")),
         ("model calls (scripted)", "model", ()),
         ("Temporal orchestration", "orchestration", ()),
     ]
+    typical = cost.typical
     for label, key, plain_keys in rows:
-        factory_s = cost.factory_parts.get(key, 0.0)
-        plain_s = sum(cost.plain_parts.get(k, 0.0) for k in plain_keys)
+        factory_s = typical.factory_parts.get(key, 0.0)
+        plain_s = sum(typical.plain_parts.get(k, 0.0) for k in plain_keys)
         plain_cells = f"{plain_s:.1f} | {plain_s / n:.2f}" if plain_keys else "- | -"
         lines.append(f"| {label} | {factory_s:.1f} | {factory_s / n:.2f} | {plain_cells} |")
-    timed_gates = sorted(((n, t) for n, t in cost.gates.items() if t >= 0.05), key=lambda item: -item[1])
+    timed_gates = sorted(((g, t) for g, t in typical.gates.items() if t >= 0.05), key=lambda item: -item[1])
     gates = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timed_gates) + "; the others < 0.05 s"
     lines += [
         "",
@@ -161,7 +183,9 @@ def render(
         "",
         f"Parallel run: {par.calls} model calls, peak {par.peak_in_flight} in flight at the server; the last model "
         f"answer went out at {par.last_answer_s:.1f} s; {par.regression_gates} merges re-ran the integration suite "
-        f"(other work had merged since the task branched); final verification {par.verify_s:.1f} s.",
+        f"(other work had merged since the task branched); gate activities took {par.gates_s:.0f} s in all, "
+        f"{par.regression_s:.0f} s of it the merge queue's integration-suite runs (one at a time); final verification "
+        f"{par.verify_s:.1f} s.",
         "",
         f"Crash run: kills at model requests {crashed.kill_points}; calls in flight at each kill {crashed.in_flight}; "
         f"{crashed.requests} requests for {crashed.distinct} distinct calls; recovery (kill → the new worker's next "
