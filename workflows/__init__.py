@@ -1,7 +1,8 @@
 """Deterministic orchestration only: no I/O, clocks, randomness or environment.
 
 - `factory_run.py`  FactoryRunWorkflow: prepare -> plan -> tasks -> merge -> verify -> ship -> summary
-- `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback
+- `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback -> escalate
+- `escalation.py`   DecisionDesk: waiting for a person (search attributes, memo, deadline), recording decisions
 """
 
 from __future__ import annotations

@@ -12,20 +12,20 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+from workflows.escalation import NEEDS_REVIEW, REPO, STATUS, DecisionDesk
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import INVALID_PLAN
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, task_workflow_id
+    from darkfactory.constants import task_workflow_id
     from darkfactory.contracts import (
         Decision,
-        DecisionAction,
         DecisionInput,
-        EscalationState,
         GateReport,
         MergeResult,
         MergeTaskInput,
@@ -51,9 +51,6 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.plan import blocked_by, ready_tasks
     from workflows.task import MODEL_RETRY, STEP_RETRY, TaskWorkflow, _cause, queue_for
 
-STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
-NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
-REPO = SearchAttributeKey.for_keyword(SA_REPO)
 INTEGRATION_TASK = "_integration"
 MERGE_ROUNDS = 3
 """Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
@@ -70,8 +67,7 @@ class FactoryRunWorkflow:
         self._state: RunState | None = None
         self._head = ""
         self._merge_lock = asyncio.Lock()
-        self._waiting_reason: str | None = None
-        self._answer: Decision | None = None
+        self._desk = DecisionDesk()
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -242,57 +238,23 @@ class FactoryRunWorkflow:
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:
         """After a rollback: ship the change again despite the failed post-ship check."""
-        self._decide("approve", input)
+        self._desk.answer("approve", input)
 
     @workflow.signal
     def reject(self, input: DecisionInput | None = None) -> None:
         """After a rollback: keep it reverted; the run ends failed."""
-        self._decide("reject", input)
-
-    def _decide(self, action: DecisionAction, input: DecisionInput | None) -> None:
-        if self._waiting_reason is None or self._answer is not None:
-            workflow.logger.warning("ignored %s: the run is not waiting for a person", action)
-            return
-        given = input or DecisionInput()
-        self._answer = Decision(
-            action=action, note=given.note, by=given.by or "unknown", at=workflow.now(), reason=self._waiting_reason
-        )
+        self._desk.answer("reject", input)
 
     async def _escalate(self, request: RunRequest, prepared: PreparedRun, reason: str) -> Decision:
-        policy = prepared.policy.escalation
-        now = workflow.now()
-        deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
-        self._waiting_reason = reason
-        self._answer = None
-        workflow.upsert_search_attributes([STATUS.value_set("escalated"), NEEDS_REVIEW.value_set(True)])
-        escalation = EscalationState(
-            reason=reason,
-            since=now,
-            attempt=0,
+        decision = await self._desk.wait(
+            reason,
+            prepared.policy.escalation,
+            memo={"run_id": request.run_id, "task_id": ""},
+            status_after=None,
             sha=self._require_state().shipped_sha or "",
-            deadline=now + deadline if deadline else None,
         )
-        workflow.upsert_memo(
-            {"escalation": escalation.model_dump(mode="json"), "run_id": request.run_id, "task_id": ""}
-        )
-        try:
-            await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
-            answer = self._answer
-        except TimeoutError:
-            answer = Decision(
-                action=policy.default_action,
-                note="the escalation deadline passed",
-                by="policy (deadline)",
-                at=workflow.now(),
-                reason=reason,
-            )
-        if answer is None:
-            raise ApplicationError("escalation ended without a decision", non_retryable=True)
-        self._waiting_reason = None
-        self._update(decisions=[*self._require_state().decisions, answer])
-        workflow.upsert_memo({"escalation": None})
-        workflow.upsert_search_attributes([NEEDS_REVIEW.value_set(False)])
-        return answer
+        self._update(decisions=list(self._desk.decisions))
+        return decision
 
     async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
         """Ask for a plan; an invalid one goes back to the planner with the problem, a bounded number of times."""

@@ -14,14 +14,16 @@ from collections import Counter
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.escalation import NEEDS_REVIEW, STATUS, DecisionDesk
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import SA_NEEDS_REVIEW, SA_STATUS, queue_name
+    from darkfactory.constants import queue_name
     from darkfactory.contracts import (
         AcceptanceInput,
         AcceptanceSuite,
@@ -31,9 +33,7 @@ with workflow.unsafe.imports_passed_through():
         AttemptRecord,
         BlobRef,
         Decision,
-        DecisionAction,
         DecisionInput,
-        EscalationState,
         GateReport,
         GateResult,
         OpenWorkspaceInput,
@@ -76,10 +76,6 @@ def queue_for(method: object) -> str:
     return queue_of(RESOURCE_CLASS.get(method, "workflows"))  # type: ignore[call-overload]
 
 
-STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
-NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
-
-
 class Ended(Exception):
     """Ends the task with an outcome and a reason."""
 
@@ -97,35 +93,24 @@ class TaskWorkflow:
         self._phase = "starting"
         self._sha = ""
         self._last_gates: list[GateResult] = []
-        self._escalation: EscalationState | None = None
-        self._answer: Decision | None = None
-        self._decisions: list[Decision] = []
+        self._desk = DecisionDesk()
 
     # -- people ------------------------------------------------------------------------------------
 
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:
         """Approve the escalated change as it stands: it is merged."""
-        self._decide("approve", input)
+        self._desk.answer("approve", input)
 
     @workflow.signal
     def reject(self, input: DecisionInput | None = None) -> None:
         """Reject the escalated task: it ends `rejected`."""
-        self._decide("reject", input)
+        self._desk.answer("reject", input)
 
     @workflow.signal
     def retry(self, input: DecisionInput | None = None) -> None:
         """Try again; the note is guidance that reaches the next model request."""
-        self._decide("retry", input)
-
-    def _decide(self, action: DecisionAction, input: DecisionInput | None) -> None:
-        if self._escalation is None or self._answer is not None:
-            workflow.logger.warning("ignored %s: the task is not waiting for a person", action)
-            return
-        given = input or DecisionInput()
-        self._answer = Decision(
-            action=action, note=given.note, by=given.by or "unknown", at=workflow.now(), reason=self._escalation.reason
-        )
+        self._desk.answer("retry", input)
 
     @workflow.query
     def progress(self) -> dict[str, object]:
@@ -136,8 +121,8 @@ class TaskWorkflow:
             "phase": self._phase,
             "sha": self._sha,
             "gates": [r.model_dump(mode="json") for r in self._last_gates],
-            "escalation": self._escalation.model_dump(mode="json") if self._escalation else None,
-            "decisions": [d.model_dump(mode="json") for d in self._decisions],
+            "escalation": self._desk.waiting.model_dump(mode="json") if self._desk.waiting else None,
+            "decisions": [d.model_dump(mode="json") for d in self._desk.decisions],
         }
 
     # -- the task ----------------------------------------------------------------------------------
@@ -180,7 +165,7 @@ class TaskWorkflow:
             attempts=attempts,
             reason=reason,
             usage=usage,
-            decisions=self._decisions,
+            decisions=self._desk.decisions,
         )
 
     async def _work(
@@ -232,47 +217,13 @@ class TaskWorkflow:
 
     async def _escalate(self, input: TaskInput, reason: str) -> Decision:
         """Wait, durably, for a person (or the policy's deadline) to decide."""
-        policy = input.policy.escalation
-        now = workflow.now()
-        deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
-        self._escalation = EscalationState(
-            reason=reason,
-            since=now,
-            attempt=self._attempt,
-            sha=self._sha,
-            deadline=now + deadline if deadline else None,
-        )
-        self._answer = None
         self._phase = "escalated"
-        self._set_search("escalated", needs_review=True)
-        workflow.upsert_memo(
-            {
-                "escalation": self._escalation.model_dump(mode="json"),
-                "run_id": input.run_id,
-                "task_id": input.task.id,
-                "title": input.task.title,
-            }
+        memo = {"run_id": input.run_id, "task_id": input.task.id, "title": input.task.title}
+        decision = await self._desk.wait(
+            reason, input.policy.escalation, memo=memo, status_after="running", attempt=self._attempt, sha=self._sha
         )
-        workflow.logger.info("task %s escalated: %s", input.task.id, reason)
-        try:
-            await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
-            assert_answer = self._answer
-        except TimeoutError:
-            assert_answer = Decision(
-                action=policy.default_action,
-                note="the escalation deadline passed",
-                by="policy (deadline)",
-                at=workflow.now(),
-                reason=reason,
-            )
-        if assert_answer is None:  # wait_condition returned, so an answer is there
-            raise ApplicationError("escalation ended without a decision", non_retryable=True)
-        self._decisions.append(assert_answer)
-        self._escalation = None
         self._phase = "deciding"
-        self._set_search("running", needs_review=False)
-        workflow.upsert_memo({"escalation": None})
-        return assert_answer
+        return decision
 
     def _set_search(self, status: str, *, needs_review: bool) -> None:
         workflow.upsert_search_attributes([STATUS.value_set(status), NEEDS_REVIEW.value_set(needs_review)])

@@ -1,0 +1,86 @@
+"""Where a workflow waits for a person: durably, findable, until a decision or the policy's deadline.
+
+Both workflows use one DecisionDesk: a task escalated by its gates or caps, and a run whose shipped change
+was rolled back. The signal handlers stay on the workflow classes (Temporal registers them there); they hand
+the person's answer to the desk, which records it with who, when, the note and what it answered.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS
+    from darkfactory.contracts import Decision, DecisionAction, DecisionInput, EscalationState
+    from darkfactory.policy import Escalation
+
+STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
+NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
+REPO = SearchAttributeKey.for_keyword(SA_REPO)
+
+
+class DecisionDesk:
+    """The escalation a workflow is waiting on, if any, and every decision made so far."""
+
+    def __init__(self) -> None:
+        self.waiting: EscalationState | None = None
+        self.decisions: list[Decision] = []
+        self._answer: Decision | None = None
+
+    def answer(self, action: DecisionAction, given: DecisionInput | None) -> None:
+        """A person's signal. Ignored (and logged) when nothing waits or an answer is already in."""
+        if self.waiting is None or self._answer is not None:
+            workflow.logger.warning("ignored %s: nothing is waiting for a person", action)
+            return
+        given = given or DecisionInput()
+        self._answer = Decision(
+            action=action, note=given.note, by=given.by or "unknown", at=workflow.now(), reason=self.waiting.reason
+        )
+
+    async def wait(
+        self,
+        reason: str,
+        policy: Escalation,
+        *,
+        memo: dict[str, Any],
+        status_after: str | None,
+        attempt: int = 0,
+        sha: str = "",
+    ) -> Decision:
+        """Mark the workflow as waiting (search attributes + memo, so `factory queue` and the web UI find it),
+        wait for a decision or the deadline's default action, record it, and clear the marks."""
+        now = workflow.now()
+        deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
+        self.waiting = EscalationState(
+            reason=reason, since=now, attempt=attempt, sha=sha, deadline=now + deadline if deadline else None
+        )
+        self._answer = None
+        workflow.upsert_search_attributes([STATUS.value_set("escalated"), NEEDS_REVIEW.value_set(True)])
+        workflow.upsert_memo({"escalation": self.waiting.model_dump(mode="json"), **memo})
+        workflow.logger.info("waiting for a person: %s", reason)
+        try:
+            await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
+            decision = self._answer
+        except TimeoutError:
+            decision = Decision(
+                action=policy.default_action,
+                note="the escalation deadline passed",
+                by="policy (deadline)",
+                at=workflow.now(),
+                reason=reason,
+            )
+        if decision is None:  # wait_condition returned, so an answer is there
+            raise ApplicationError("escalation ended without a decision", non_retryable=True)
+        self.decisions.append(decision)
+        self.waiting = None
+        updates = [NEEDS_REVIEW.value_set(False)]
+        if status_after is not None:
+            updates.append(STATUS.value_set(status_after))
+        workflow.upsert_search_attributes(updates)
+        workflow.upsert_memo({"escalation": None})
+        return decision
