@@ -421,7 +421,7 @@ def test_failing_command_is_an_error_with_its_exit_code(tools: AgentTools) -> No
 
 def test_command_timeout_is_reported(repo: Path) -> None:
     tools = AgentTools(repo, command_timeout_s=60)
-    result = shell(tools, "python3 -c 'import time; time.sleep(120)'", timeout_s=1)
+    result = shell(tools, "python3 -c 'import threading; threading.Event().wait(120)'", timeout_s=1)
     assert result.is_error
     assert "timed out after 1 s" in result.content
     assert "timed out" in result.summary

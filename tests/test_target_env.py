@@ -57,7 +57,9 @@ def test_a_suite_that_needs_its_own_plugin_runs_as_in_its_own_ci(tmp_path: Path)
     (repo / "tests").mkdir(parents=True)
     (repo / "pyproject.toml").write_text('[tool.pytest.ini_options]\nasyncio_mode = "auto"\n')
     (repo / "tests" / "test_async.py").write_text(
-        "import asyncio\n\n\nasync def test_sleeps_zero():\n    assert await asyncio.sleep(0, result=7) == 7\n"
+        "import asyncio\n\n\nasync def test_awaits_a_future():\n"
+        "    future = asyncio.get_running_loop().create_future()\n"
+        "    future.set_result(7)\n    assert await future == 7\n"
     )
     plain = ensure_target_env(repo, tmp_path / "envs")
     without_plugin = subprocess.run(
