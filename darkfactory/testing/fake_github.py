@@ -18,10 +18,11 @@ import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from darkfactory.testing.loopback import LoopbackServer
 
 __all__ = ["FakeGitHub", "GitHubRequest"]
 
@@ -48,37 +49,7 @@ class _Reply:
     """Close the connection without answering."""
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: FakeGitHub
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                super().finish()
-        finally:
-            self.server.owner._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def do_GET(self) -> None:
-        self.server.owner._handle(self)
-
-    def do_POST(self) -> None:
-        self.server.owner._handle(self)
-
-
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """GitHub's pulls endpoints on 127.0.0.1, served from a daemon thread. Use as a context manager."""
 
     def __init__(
@@ -86,65 +57,27 @@ class FakeGitHub:
     ) -> None:
         """`token`: the bearer token every request must carry (None: no check). `repos`: the `owner/repo`
         names that exist (None: every name exists)."""
+        super().__init__(host=host)
         self.token = token
         self.repos = None if repos is None else {r.lower() for r in repos}
-        self._host = host
         self._create_holds: list[threading.Event] = []
         self._released = threading.Event()
-        self._lock = threading.Lock()
         self._requests: list[GitHubRequest] = []
         self._pulls: list[dict[str, Any]] = []
         self._fail_creates: list[int] = []
         self._drop_creates = 0
         self._stale_lists = 0
-        self._connections: set[socket.socket] = set()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
-    def start(self) -> FakeGitHub:
-        httpd = _HTTPServer((self._host, 0), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github", daemon=True
-        )
-        self._thread.start()
-        return self
+    thread_name = "fake-github"
 
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
+    def _before_stop(self) -> None:
         self._released.set()  # a parked create must not keep the server from stopping
-        self._httpd.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._httpd = None
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def api_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("the fake GitHub is not running: call start() or use it in a with block")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.url
 
     # -- what tests read and steer
 
@@ -198,14 +131,7 @@ class FakeGitHub:
 
     # -- serving
 
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("content-length") or 0)
         raw = handler.rfile.read(length) if length else b""
         split = urlsplit(handler.path)
@@ -328,7 +254,7 @@ class FakeGitHub:
         self._pulls.append(pull)
         return pull
 
-    def _send(self, handler: _Handler, reply: _Reply) -> None:
+    def _send(self, handler: BaseHTTPRequestHandler, reply: _Reply) -> None:
         payload = json.dumps(reply.body).encode("utf-8") if reply.body is not None else b""
         try:
             handler.send_response(reply.status)

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import socket
 import sys
 import threading
 import time
@@ -22,13 +21,13 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from darkfactory.contracts import Usage
 from darkfactory.llm import ModelCallError, ScriptedTranscript, context_from_request
+from darkfactory.testing.loopback import LoopbackServer
 
 __all__ = ["FakeMessagesServer", "FakeReply", "RecordedRequest", "Responder", "ScriptResponder", "main"]
 
@@ -117,38 +116,7 @@ class _Hold:
     taken: bool = False
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: FakeMessagesServer
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    # Keep-alive like the real API, so the SDK's connection pool behaves as in production.
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.owner._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default writes every request to stderr; the owner decides what to print.
-        return
-
-    def do_POST(self) -> None:
-        self.server.owner._handle(self)
-
-    def do_GET(self) -> None:
-        self.server.owner._handle(self)
-
-
-class FakeMessagesServer:
+class FakeMessagesServer(LoopbackServer):
     """`POST /v1/messages` on 127.0.0.1, served from a daemon thread. Use as a context manager."""
 
     def __init__(
@@ -160,67 +128,26 @@ class FakeMessagesServer:
         delay_s: float = 0.0,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.responder = responder
         self.delay_s = delay_s
-        self._host = host
-        self._port = port
         self._log = log
-        self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._holds: list[_Hold] = []
-        self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
-    def start(self) -> FakeMessagesServer:
-        httpd = _HTTPServer((self._host, self._port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        # A short poll interval: shutdown() waits up to one interval, which adds up over a test suite.
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-messages-api", daemon=True
-        )
-        self._thread.start()
-        return self
+    thread_name = "fake-messages-api"
 
-    def stop(self) -> None:
+    def _before_stop(self) -> None:
         self._stopping.set()
         self.release()
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        # Idle keep-alive connections would park their handler threads until the client hangs up.
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._httpd = None
-
-    def __enter__(self) -> FakeMessagesServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("the fake Messages API is not running: call start() or use it in a with block")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.url
 
     # -- what tests read and steer
 
@@ -253,14 +180,7 @@ class FakeMessagesServer:
 
     # -- serving
 
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         started = time.monotonic()
         length = int(handler.headers.get("content-length") or 0)
         raw = handler.rfile.read(length) if length else b""
@@ -304,7 +224,7 @@ class FakeMessagesServer:
             hold.arrived.set()
             hold.released.wait()
 
-    def _send(self, handler: _Handler, reply: FakeReply) -> None:
+    def _send(self, handler: BaseHTTPRequestHandler, reply: FakeReply) -> None:
         if isinstance(reply.body, dict):
             payload = json.dumps(reply.body).encode("utf-8")
         elif isinstance(reply.body, str):
