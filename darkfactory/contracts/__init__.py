@@ -1,0 +1,156 @@
+"""Pydantic models that cross every boundary: activity inputs and results, workflow state, queries.
+
+They travel through Temporal's pydantic data converter, so they must stay small (ids, shas, blob refs,
+short summaries) and must not build clocks or random values in defaults: workflows construct some of them.
+One input model per activity keeps fields addable without breaking recorded histories.
+
+One module per boundary, all re-exported here: `from darkfactory.contracts import X`.
+"""
+
+from __future__ import annotations
+
+from darkfactory.contracts.acceptance import (
+    AcceptanceInput,
+    AcceptanceSuite,
+    AcceptanceTestFile,
+    AcceptanceTests,
+)
+from darkfactory.contracts.agent import (
+    AgentTurnInput,
+    AgentTurnResult,
+    AttemptBrief,
+    RunToolsInput,
+    RunToolsResult,
+)
+from darkfactory.contracts.base import (
+    RUN_ID_PATTERN,
+    TASK_ID_PATTERN,
+    BlobRef,
+    Frozen,
+)
+from darkfactory.contracts.config import (
+    RunConfig,
+    RunRequest,
+    ShipMode,
+    Timeouts,
+    slugify_run_id,
+)
+from darkfactory.contracts.gates import (
+    GateReport,
+    GateResult,
+    RunGatesInput,
+)
+from darkfactory.contracts.git import (
+    MergeResult,
+    MergeTaskInput,
+    OpenWorkspaceInput,
+    PreparedRun,
+    PrepareRunInput,
+    RestoreBranchInput,
+    RevertShippedInput,
+    ShipInput,
+    ShipResult,
+    WorkspaceRef,
+)
+from darkfactory.contracts.messages import (
+    CallContext,
+    CallPurpose,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    ToolOutcome,
+    Usage,
+)
+from darkfactory.contracts.people import (
+    Decision,
+    DecisionAction,
+    DecisionInput,
+    EscalationState,
+    ReviewFinding,
+    ReviewInput,
+    ReviewResult,
+    ReviewVerdict,
+)
+from darkfactory.contracts.plans import (
+    Plan,
+    PlanInput,
+    PlannedTask,
+    PlanResult,
+)
+from darkfactory.contracts.runs import (
+    RunPhase,
+    RunState,
+    RunSummary,
+)
+from darkfactory.contracts.tasks import (
+    AttemptRecord,
+    TaskInput,
+    TaskOutcome,
+    TaskResult,
+    TaskState,
+    TaskSummary,
+    TerminalState,
+)
+
+__all__ = [
+    "RUN_ID_PATTERN",
+    "TASK_ID_PATTERN",
+    "AcceptanceInput",
+    "AcceptanceSuite",
+    "AcceptanceTestFile",
+    "AcceptanceTests",
+    "AgentTurnInput",
+    "AgentTurnResult",
+    "AttemptBrief",
+    "AttemptRecord",
+    "BlobRef",
+    "CallContext",
+    "CallPurpose",
+    "Decision",
+    "DecisionAction",
+    "DecisionInput",
+    "EscalationState",
+    "Frozen",
+    "GateReport",
+    "GateResult",
+    "MergeResult",
+    "MergeTaskInput",
+    "ModelRequest",
+    "ModelResponse",
+    "OpenWorkspaceInput",
+    "Plan",
+    "PlanInput",
+    "PlanResult",
+    "PlannedTask",
+    "PrepareRunInput",
+    "PreparedRun",
+    "RestoreBranchInput",
+    "RevertShippedInput",
+    "ReviewFinding",
+    "ReviewInput",
+    "ReviewResult",
+    "ReviewVerdict",
+    "RunConfig",
+    "RunGatesInput",
+    "RunPhase",
+    "RunRequest",
+    "RunState",
+    "RunSummary",
+    "RunToolsInput",
+    "RunToolsResult",
+    "ShipInput",
+    "ShipMode",
+    "ShipResult",
+    "TaskInput",
+    "TaskOutcome",
+    "TaskResult",
+    "TaskState",
+    "TaskSummary",
+    "TerminalState",
+    "Timeouts",
+    "ToolCall",
+    "ToolOutcome",
+    "Usage",
+    "WorkspaceRef",
+    "slugify_run_id",
+]

@@ -1,0 +1,84 @@
+"""What shapes a run, fixed when it starts: the request, its configuration and timeouts."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from darkfactory.contracts.base import RUN_ID_PATTERN, Frozen
+
+ShipMode = Literal["branch", "merge", "push", "pr"]
+
+
+class Timeouts(Frozen):
+    """Activity timeouts in seconds. Tight heartbeats make a dead worker cost seconds, not minutes."""
+
+    model_call_s: float = 300.0
+    """Start-to-close of one model call."""
+    heartbeat_s: float = 20.0
+    """Heartbeat timeout of long activities; a killed worker's step is retried after this."""
+    tools_s: float = 300.0
+    """Start-to-close of one batch of tool calls."""
+    gates_s: float = 1800.0
+    """Start-to-close of one gate run (tests included)."""
+    git_s: float = 120.0
+    """Start-to-close of git bookkeeping steps (prepare, open, merge, ship)."""
+
+
+class RunConfig(Frozen):
+    """Everything that shapes a run, fixed when it starts (workflows read no environment)."""
+
+    model: str
+    """A Claude model name, or `scripted:/path/to/transcript.json`."""
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    """Attempts per task before it escalates; None: the policy's `limits.max_attempts`."""
+    max_turns: int = Field(default=30, ge=1, le=500)
+    """Model turns per attempt."""
+    max_tokens: int = Field(default=8192, ge=256)
+    """`max_tokens` of each model call."""
+    ship: ShipMode = "branch"
+    remote: str = "origin"
+    """The git remote `push` and `pr` ship to (a name or a URL)."""
+    github_repo: str | None = None
+    """`owner/repo` for `pr`; None: read from the remote's GitHub URL."""
+    max_plan_attempts: int = Field(default=3, ge=1, le=10)
+    """Plans the planner may submit before an invalid one fails the run."""
+    max_parallel: int = Field(default=4, ge=1, le=64)
+    """Tasks whose dependencies are merged run at the same time, up to this many."""
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    test_command: list[str] | None = None
+    """The target's test command (argv). None: `python -m pytest -q`."""
+    setup_commands: list[list[str]] | None = None
+    """Commands (argv) that install the target's test environment after the venv exists. None: defaults."""
+
+    @property
+    def scripted(self) -> bool:
+        return self.model.startswith("scripted:")
+
+
+class RunRequest(Frozen):
+    """What a person (or schedule, or webhook) hands in."""
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    repo_path: str = Field(min_length=1)
+    """Absolute path of the target git repository, reachable from every worker."""
+    spec: str
+    base_branch: str = "main"
+    config: RunConfig
+    acceptance_tests: dict[str, str] = Field(default_factory=dict)
+    """Held-out acceptance tests the spec carries ({file name: source}); they gate the plan's final tasks."""
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the spec is empty: give a file with content or a non-blank --spec-text")
+        return value
+
+
+def slugify_run_id(text: str) -> str:
+    """A run id fragment from free text: lowercase, dashes, bounded."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:40] or "run"

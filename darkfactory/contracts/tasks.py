@@ -1,0 +1,80 @@
+"""One task's workflow boundary: its input, its attempts and its result."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from darkfactory.contracts.acceptance import AcceptanceSuite
+from darkfactory.contracts.base import BlobRef, Frozen
+from darkfactory.contracts.config import RunConfig
+from darkfactory.contracts.gates import GateResult
+from darkfactory.contracts.messages import Usage
+from darkfactory.contracts.people import Decision
+from darkfactory.contracts.plans import PlannedTask
+from darkfactory.policy import Policy
+
+TaskOutcome = Literal["passed", "failed", "rejected", "cancelled"]
+
+
+TerminalState = Literal["merged", "failed", "rejected", "cancelled"]
+
+
+TaskState = Literal["pending", "running", "merged", "failed", "rejected", "cancelled"]
+
+
+class AttemptRecord(Frozen):
+    attempt: int
+    turns: int
+    final_sha: str
+    stop: Literal["end_turn", "turn_limit"]
+    gates: list[GateResult]
+    """Every gate that ran on this attempt, the reviewer's verdict last."""
+    usage: Usage
+    transcript_ref: BlobRef | None
+
+
+class TaskInput(Frozen):
+    run_id: str
+    repo_path: str
+    spec: str
+    task: PlannedTask
+    base_sha: str
+    """The integration head the task branches from."""
+    config: RunConfig
+    policy: Policy = Field(default_factory=Policy)
+    """The policy at the run's base commit."""
+    acceptance: AcceptanceSuite | None = None
+    """Held-out tests the spec carried for this task; None: generate them from the acceptance criteria."""
+    first_attempt: int = 1
+    """Attempt numbers continue across merge rounds (a task re-attempted on a new integration head)."""
+    feedback: str = ""
+    """Why this round exists (a merge conflict, a regression); the first attempt's request carries it."""
+    reset_branch: bool = False
+    """Move the task branch to `base_sha` first (a new round starts from the new integration head)."""
+
+
+class TaskResult(Frozen):
+    task_id: str
+    outcome: TaskOutcome
+    final_sha: str | None
+    base_sha: str
+    attempts: list[AttemptRecord]
+    reason: str
+    usage: Usage
+    decisions: list[Decision] = Field(default_factory=list)
+
+
+class TaskSummary(Frozen):
+    id: str
+    title: str
+    state: TaskState
+    reason: str = ""
+    attempts: int = 0
+    gates: list[GateResult] = Field(default_factory=list)
+    """The last attempt's gate results."""
+    merged_sha: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    decisions: list[Decision] = Field(default_factory=list)
+    """Every human (or deadline) decision on this task, with who, when and the note."""
