@@ -2,6 +2,7 @@
 
 - `factory_run.py`  FactoryRunWorkflow: prepare -> plan -> tasks -> merge -> verify -> ship -> summary
 - `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback -> escalate
+- `merge_queue.py`  MergeQueue: one merge at a time into the integration branch, regression-checked
 - `escalation.py`   DecisionDesk: waiting for a person (search attributes, memo, deadline), recording decisions
 """
 

@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttri
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from workflows.escalation import NEEDS_REVIEW, REPO, STATUS, DecisionDesk
+from workflows.merge_queue import MergeQueue
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import INVALID_PLAN
@@ -27,15 +28,12 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         DecisionInput,
         GateReport,
-        MergeResult,
-        MergeTaskInput,
         Plan,
         PlanInput,
         PlannedTask,
         PlanResult,
         PreparedRun,
         PrepareRunInput,
-        RestoreBranchInput,
         RevertShippedInput,
         RunGatesInput,
         RunPhase,
@@ -52,9 +50,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.task import MODEL_RETRY, STEP_RETRY, TaskWorkflow, _cause, queue_for
 
 INTEGRATION_TASK = "_integration"
+"""Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""
 MERGE_ROUNDS = 3
 """Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
-"""Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""
 
 
 class RunFailed(Exception):
@@ -65,8 +63,7 @@ class RunFailed(Exception):
 class FactoryRunWorkflow:
     def __init__(self) -> None:
         self._state: RunState | None = None
-        self._head = ""
-        self._merge_lock = asyncio.Lock()
+        self._queue = MergeQueue(self._activity)
         self._desk = DecisionDesk()
 
     @workflow.query
@@ -94,7 +91,7 @@ class FactoryRunWorkflow:
             self._set_phase("failed")
         except asyncio.CancelledError:
             # A person cancelled the run: children are cancelled with it (each ends `cancelled`), an
-            # in-flight merge is finished first (see _merge), and the branches stay for inspection.
+            # in-flight merge is finished first (see MergeQueue.merge), and the branches stay for inspection.
             for task in self._require_state().tasks:
                 if task.state in ("pending", "running"):
                     self._set_task(task.id, state="cancelled", reason="the run was cancelled")
@@ -289,7 +286,7 @@ class FactoryRunWorkflow:
 
     async def _run_tasks(self, request: RunRequest, plan: Plan, prepared: PreparedRun) -> str:
         """Run every task whose dependencies are merged, up to `max_parallel` at once; return the final head."""
-        self._head = prepared.integration_sha
+        self._queue.head = prepared.integration_sha
         # The spec's own held-out tests judge the work as a whole: they gate the tasks nothing depends on.
         sinks = {task.id for task in plan.tasks} - {dep for task in plan.tasks for dep in task.depends_on}
         started: set[str] = set()
@@ -307,7 +304,7 @@ class FactoryRunWorkflow:
                 started.add(task.id)
                 running[task.id] = asyncio.create_task(self._run_task(request, task, prepared, task.id in sinks))
             if not running:
-                return self._head
+                return self._queue.head
             await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
             for task_id in [task_id for task_id, job in running.items() if job.done()]:
                 running.pop(task_id).result()  # a bug in _run_task should fail loudly, not hang the run
@@ -324,7 +321,7 @@ class FactoryRunWorkflow:
         first_attempt = 1
         summary: dict[str, object] = {}
         for merge_round in range(1, MERGE_ROUNDS + 1):
-            base = self._head
+            base = self._queue.head
             self._set_task(task.id, state="running")
             try:
                 result: TaskResult = await workflow.execute_child_workflow(
@@ -363,10 +360,13 @@ class FactoryRunWorkflow:
                 ended_as: TaskState = "failed" if result.outcome == "passed" else result.outcome
                 self._set_task(task.id, state=ended_as, reason=result.reason, **summary)
                 return
-            problem = await self._merge(request, task, prepared, base, result.final_sha)
+            problem = await self._queue.merge(
+                request, task, prepared, base, result.final_sha, lambda: self._set_merged(task.id)
+            )
             if not problem:
-                reason = f"merged as {self._head[:12]}" + (f" ({result.reason})" if result.decisions else "")
-                self._set_task(task.id, state="merged", merged_sha=self._head, reason=reason, **summary)
+                head = self._queue.head
+                reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
+                self._set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
                 return
             feedback = problem
             self._set_task(task.id, state="running", **summary)
@@ -374,88 +374,9 @@ class FactoryRunWorkflow:
             task.id, state="failed", reason=f"not merged after {MERGE_ROUNDS} round(s): {feedback[:300]}", **summary
         )
 
-    async def _merge(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str) -> str:
-        """Merge one task into the integration branch, one merge at a time; '' on success, else the problem.
-
-        Started merges always finish: cancelling the run waits for the merge in flight and records it.
-        """
-        async with self._merge_lock:
-            job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
-            try:
-                return await asyncio.shield(job)
-            except asyncio.CancelledError:
-                problem = await job
-                if not problem:
-                    self._set_task(
-                        task.id, state="merged", merged_sha=self._head, reason=f"merged as {self._head[:12]}"
-                    )
-                raise
-
-    async def _merge_locked(
-        self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str
-    ) -> str:
-        timeouts = request.config.timeouts
-        previous = self._head
-        merged: MergeResult = await self._activity(
-            WorkspaceActivities.merge_task,
-            MergeTaskInput(
-                run_id=request.run_id,
-                task_id=task.id,
-                title=task.title,
-                repo_path=request.repo_path,
-                integration_branch=prepared.integration_branch,
-                task_sha=sha,
-                commit_time=int(workflow.now().timestamp()),
-            ),
-            timeouts.git_s,
-        )
-        if not merged.merged:
-            return (
-                f"## Merge conflict\nWhile you worked, other tasks were merged into the integration branch, and "
-                f"your change conflicts with them in: {merged.conflict}. Make the change again on top of the "
-                f"current code (your workspace now holds it)."
-            )
-        if merged.integration_sha == previous or previous == base:
-            # Nothing else was merged since the task branched: its own gates already ran on this very tree.
-            self._head = merged.integration_sha
-            return ""
-        # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.
-        report: GateReport = await self._activity(
-            GateActivities.run_gates,
-            RunGatesInput(
-                run_id=request.run_id,
-                task_id=f"{task.id}.regression",
-                attempt=1,
-                repo_path=request.repo_path,
-                sha=merged.integration_sha,
-                base_sha=previous,
-                config=request.config,
-                policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
-                task_type=task.type,
-            ),
-            timeouts.gates_s,
-            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
-        )
-        if report.passed:
-            self._head = merged.integration_sha
-            return ""
-        await self._activity(
-            WorkspaceActivities.restore_branch,
-            RestoreBranchInput(
-                run_id=request.run_id,
-                repo_path=request.repo_path,
-                branch=prepared.integration_branch,
-                sha=previous,
-                expected=merged.integration_sha,
-            ),
-            timeouts.git_s,
-        )
-        workflow.logger.info("merge of %s reverted: it broke the integration suite", task.id)
-        return (
-            "## Regression\nYour change passed its own checks but broke the test suite once combined with work "
-            "merged meanwhile; the merge was reverted. Make the change work on top of the current code.\n\n"
-            + report.feedback
-        )
+    def _set_merged(self, task_id: str) -> None:
+        head = self._queue.head
+        self._set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
 
     def _task(self, task_id: str) -> TaskSummary:
         return next(task for task in self._require_state().tasks if task.id == task_id)

@@ -1,0 +1,131 @@
+"""The merge queue: one merge into the integration branch at a time, each checked against the head it lands on.
+
+A task's change was gated on the head it branched from. When nothing else merged since, its own gates ran on
+exactly the tree the merge produces; otherwise the combination is new and the regression gate runs on it.
+A conflict, or a merge that breaks the suite (undone by a compare-and-swap of the branch), is returned as the
+problem for the task's next round on the new head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.gates import GateActivities
+    from activities.workspace import WorkspaceActivities
+    from darkfactory.contracts import (
+        GateReport,
+        MergeResult,
+        MergeTaskInput,
+        PlannedTask,
+        PreparedRun,
+        RestoreBranchInput,
+        RunGatesInput,
+        RunRequest,
+    )
+
+ActivityRunner = Callable[..., Awaitable[Any]]
+"""The workflow's way of running an activity (its timeouts, queues and failure handling)."""
+
+
+class MergeQueue:
+    """Serialises merges into the run's integration branch and knows where its head stands."""
+
+    def __init__(self, run_activity: ActivityRunner) -> None:
+        self._run_activity = run_activity
+        self._lock = asyncio.Lock()
+        self.head = ""
+
+    async def merge(
+        self,
+        request: RunRequest,
+        task: PlannedTask,
+        prepared: PreparedRun,
+        base: str,
+        sha: str,
+        on_merged_while_cancelled: Callable[[], None],
+    ) -> str:
+        """Merge one task, one merge at a time; '' on success, else the problem for the task's next round.
+
+        Started merges always finish: cancelling the run waits for the merge in flight, and a merge that
+        landed is reported through `on_merged_while_cancelled` before the cancellation goes on.
+        """
+        async with self._lock:
+            job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                problem = await job
+                if not problem:
+                    on_merged_while_cancelled()
+                raise
+
+    async def _merge_locked(
+        self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str
+    ) -> str:
+        timeouts = request.config.timeouts
+        previous = self.head
+        merged: MergeResult = await self._run_activity(
+            WorkspaceActivities.merge_task,
+            MergeTaskInput(
+                run_id=request.run_id,
+                task_id=task.id,
+                title=task.title,
+                repo_path=request.repo_path,
+                integration_branch=prepared.integration_branch,
+                task_sha=sha,
+                commit_time=int(workflow.now().timestamp()),
+            ),
+            timeouts.git_s,
+        )
+        if not merged.merged:
+            return (
+                f"## Merge conflict\nWhile you worked, other tasks were merged into the integration branch, and "
+                f"your change conflicts with them in: {merged.conflict}. Make the change again on top of the "
+                f"current code (your workspace now holds it)."
+            )
+        if merged.integration_sha == previous or previous == base:
+            # Nothing else was merged since the task branched: its own gates already ran on this very tree.
+            self.head = merged.integration_sha
+            return ""
+        # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.
+        report: GateReport = await self._run_activity(
+            GateActivities.run_gates,
+            RunGatesInput(
+                run_id=request.run_id,
+                task_id=f"{task.id}.regression",
+                attempt=1,
+                repo_path=request.repo_path,
+                sha=merged.integration_sha,
+                base_sha=previous,
+                config=request.config,
+                policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
+                task_type=task.type,
+            ),
+            timeouts.gates_s,
+            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
+        )
+        if report.passed:
+            self.head = merged.integration_sha
+            return ""
+        await self._run_activity(
+            WorkspaceActivities.restore_branch,
+            RestoreBranchInput(
+                run_id=request.run_id,
+                repo_path=request.repo_path,
+                branch=prepared.integration_branch,
+                sha=previous,
+                expected=merged.integration_sha,
+            ),
+            timeouts.git_s,
+        )
+        workflow.logger.info("merge of %s reverted: it broke the integration suite", task.id)
+        return (
+            "## Regression\nYour change passed its own checks but broke the test suite once combined with work "
+            "merged meanwhile; the merge was reverted. Make the change work on top of the current code.\n\n"
+            + report.feedback
+        )
