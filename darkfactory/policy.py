@@ -89,6 +89,8 @@ class Limits(_Config):
     """Attempts the reviewer may send back while every deterministic gate passes."""
     max_diff_lines: int = Field(default=800, ge=1)
     """Added plus removed lines above which a change needs a person's approval."""
+    acceptance_rewrites: int = Field(default=2, ge=0, le=5)
+    """Times the writer of held-out tests is asked again when some of its tests already pass on the base."""
 
 
 class Escalation(_Config):
@@ -98,6 +100,39 @@ class Escalation(_Config):
     """What happens at the deadline."""
     on_caps_spent: Literal["escalate", "fail"] = "escalate"
     """When the attempt caps are spent: wait for a person, or end the task `failed`."""
+
+
+class QuarantinedTest(_Config):
+    test: str = Field(min_length=1)
+    """A pytest node id, or the start of one: a file (`tests/test_net.py`), a class, a test, a parametrized case."""
+    reason: str = Field(min_length=1)
+    """Why it is ignored (an owner, a ticket); every run summary lists it."""
+
+    def covers(self, nodeid: str) -> bool:
+        return nodeid == self.test or nodeid.startswith((f"{self.test}::", f"{self.test}["))
+
+
+class SuiteRules(_Config):
+    """`[tests]`: what counts as a failure of the repository's test suite."""
+
+    strict_base: bool = False
+    """Count every failing test, also one that fails on the base and that the change does not affect."""
+    quarantine: list[QuarantinedTest] = Field(default_factory=list)
+    """The only way to ignore a test: its failures never count, and it is listed in every summary."""
+
+    @field_validator("quarantine", mode="before")
+    @classmethod
+    def _with_reasons(cls, value: object) -> object:
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    raise ValueError(
+                        f'{item!r} has no reason; write each entry as {{ test = {item!r}, reason = "why" }}'
+                    )
+        return value
+
+    def quarantined(self, nodeid: str) -> QuarantinedTest | None:
+        return next((entry for entry in self.quarantine if entry.covers(nodeid)), None)
 
 
 class Review(_Config):
@@ -118,6 +153,7 @@ class Policy(_Config):
     limits: Limits = Field(default_factory=Limits)
     escalation: Escalation = Field(default_factory=Escalation)
     review: Review = Field(default_factory=Review)
+    tests: SuiteRules = Field(default_factory=SuiteRules)
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         return self.task_types.get(task_type, TaskTypeRules(allow_test_edits=task_type == "test"))

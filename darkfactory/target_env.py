@@ -154,8 +154,9 @@ def site_packages(env_root: Path) -> Path:
     return env_root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 
-def seed_distributions(env_root: Path, names: Sequence[str]) -> list[str]:
-    """Copy installed distributions and their runtime requirements into the environment; return their names.
+def seed_distributions(env_root: Path, names: Sequence[str], *, requirements: bool = True) -> list[str]:
+    """Copy installed distributions (and, with `requirements`, their runtime requirements) into the
+    environment; return their names.
 
     Only the named distributions and what they require are copied, never their plugins: pytest arrives
     without pytest-asyncio, exactly as a plain `pip install pytest` would install it, but offline. Console
@@ -178,7 +179,7 @@ def seed_distributions(env_root: Path, names: Sequence[str]) -> list[str]:
                 destination = target / file
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, destination)
-        for requirement in dist.requires or []:
+        for requirement in dist.requires or [] if requirements else []:
             parsed = Requirement(requirement)
             if parsed.marker is None or parsed.marker.evaluate({"extra": ""}):
                 pending.append(canonicalize_name(parsed.name))

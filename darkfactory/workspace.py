@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import git
 
@@ -62,13 +63,20 @@ class GitRun:
 
     cwd: Path
 
-    def status(self, *args: str, commit_time: int | None = None) -> tuple[int, str, str]:
+    index_file: Path | None = None
+    """A private index (GIT_INDEX_FILE) for building trees without touching any worktree's index."""
+
+    def status(self, *args: str, commit_time: int | None = None, stdin: BinaryIO | None = None) -> tuple[int, str, str]:
         """Run git; return (exit status, stdout, stderr) without raising on a non-zero status."""
         command = ["git", *_HARDENING, *args]
+        env = _git_env(commit_time)
+        if self.index_file is not None:
+            env["GIT_INDEX_FILE"] = str(self.index_file)
         try:
             status, out, err = git.Git(str(self.cwd)).execute(
                 command,
-                env=_git_env(commit_time),
+                env=env,
+                istream=stdin,
                 with_extended_output=True,
                 with_exceptions=False,
                 strip_newline_in_stdout=True,
@@ -77,8 +85,8 @@ class GitRun:
             raise GitError("git is not installed (apt-get install git)") from exc
         return int(status), str(out), str(err)
 
-    def __call__(self, *args: str, commit_time: int | None = None) -> str:
-        status, out, err = self.status(*args, commit_time=commit_time)
+    def __call__(self, *args: str, commit_time: int | None = None, stdin: BinaryIO | None = None) -> str:
+        status, out, err = self.status(*args, commit_time=commit_time, stdin=stdin)
         if status != 0:
             raise GitError(f"git {' '.join(args)} failed in {self.cwd}: {err.strip() or out}")
         return out

@@ -209,25 +209,6 @@ def test_a_failing_affected_test_is_reported_by_id_before_the_full_suite(tmp_pat
     assert "test_joins_words" not in feedback
 
 
-def test_a_test_failing_on_the_base_too_is_known_and_does_not_count(tmp_path: Path, envs: Path) -> None:
-    broken = "def test_was_already_broken() -> None:\n    assert 1 == 2, 'broken before the change'\n"
-    ctx = change(
-        tmp_path,
-        envs,
-        {"textkit/slug.py": SLUG, "tests/test_slug.py": TEST_SLUG},
-        base={"tests/test_broken.py": broken},
-    )
-
-    passed, summary, _, notes = gate(ctx, "tests")
-
-    assert passed, summary
-    assert summary == "4 passed, 1 known failure"
-    assert notes == [
-        "known failure (fails on the base commit too): tests/test_broken.py::test_was_already_broken"
-        " - AssertionError: broken before the change"
-    ]
-
-
 def test_a_test_that_passes_when_re_run_is_flaky_and_does_not_count(tmp_path: Path, envs: Path) -> None:
     # Honestly flaky: its first run leaves a marker in the worktree and fails; every later run passes.
     flaky = (
@@ -238,14 +219,15 @@ def test_a_test_that_passes_when_re_run_is_flaky_and_does_not_count(tmp_path: Pa
         "        marker.write_text('x')\n"
         "        raise AssertionError('first run fails')\n"
     )
-    ctx = change(tmp_path, envs, {"tests/test_flaky.py": flaky})
+    # A `test` task: adding a test is the whole change, so no witness is asked for.
+    ctx = dataclasses.replace(change(tmp_path, envs, {"tests/test_flaky.py": flaky}), task_type="test")
 
     passed, summary, _, notes = gate(ctx, "tests")
 
     assert passed, summary
     assert summary == "3 passed, 1 flaky"  # the full suite ran after the marker existed: all three passed
     assert notes == [
-        "flaky (passed when re-run): tests/test_flaky.py::test_sometimes - AssertionError: first run fails"
+        "flaky (passed when re-run alone): tests/test_flaky.py::test_sometimes - AssertionError: first run fails"
     ]
 
 

@@ -36,8 +36,12 @@ from darkfactory.contracts.config import (
     slugify_run_id,
 )
 from darkfactory.contracts.gates import (
+    BaseFailure,
+    BaselineSummary,
+    GatePurpose,
     GateReport,
     GateResult,
+    MeasureBaseInput,
     RunGatesInput,
 )
 from darkfactory.contracts.git import (
@@ -103,6 +107,8 @@ __all__ = [
     "AgentTurnResult",
     "AttemptBrief",
     "AttemptRecord",
+    "BaseFailure",
+    "BaselineSummary",
     "BlobRef",
     "CallContext",
     "CallPurpose",
@@ -111,8 +117,10 @@ __all__ = [
     "DecisionInput",
     "EscalationState",
     "Frozen",
+    "GatePurpose",
     "GateReport",
     "GateResult",
+    "MeasureBaseInput",
     "MergeResult",
     "MergeTaskInput",
     "ModelRequest",

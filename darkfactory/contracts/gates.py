@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from darkfactory.contracts.base import BlobRef, Frozen
 from darkfactory.contracts.config import RunConfig
 from darkfactory.policy import GateName, Policy, TaskType
+
+
+class BaseFailure(Frozen):
+    """A test that fails on the base commit, as the planner, the summary and the gates show it."""
+
+    nodeid: str
+    message: str = ""
+    """The first line of its failure message."""
+
+
+class BaselineSummary(Frozen):
+    """The base commit's suite, run once per base tree and test command (with per-test coverage for pytest).
+
+    The full measurement (every test's outcome, which files each test executed) is a blob; history carries
+    only its ref, the counts and the first failing tests.
+    """
+
+    base_sha: str
+    ref: BlobRef | None = None
+    """The measurement itself (`darkfactory.gates.baseline.Baseline` as JSON)."""
+    per_test: bool = False
+    """Per-test results exist (pytest with a readable report); False for other test commands."""
+    coverage: bool = False
+    """Per-test coverage was measured; without it, affected tests come from the import graph."""
+    exit_code: int | None = None
+    passed: int = 0
+    failed: int = 0
+    """Tests that fail on the base (each failed again when re-run alone)."""
+    skipped: int = 0
+    failures: list[BaseFailure] = Field(default_factory=list)
+    """The first failing tests, with their messages (all of them are in the blob)."""
+    flaky: list[str] = Field(default_factory=list)
+    """Tests that failed in the full run but passed when re-run alone."""
+    notes: list[str] = Field(default_factory=list)
+    duration_s: float = 0.0
+    cached: bool = False
+    """Measured by an earlier run on the same base tree and test command."""
+
+    @property
+    def red(self) -> bool:
+        return self.failed > 0 or (not self.per_test and self.exit_code not in (None, 0))
+
+
+class MeasureBaseInput(Frozen):
+    run_id: str
+    repo_path: str
+    base_sha: str
+    config: RunConfig
+    policy: Policy = Field(default_factory=Policy)
+
+
+GatePurpose = Literal["task", "regression", "integration", "post_ship"]
+"""What a gate run judges: a task's change (witness required for features and bug fixes, the base's tests
+run against it), a merge combined with work merged meanwhile, the integration branch before shipping, or
+the post-ship check."""
 
 
 class GateResult(Frozen):
@@ -65,3 +122,8 @@ class RunGatesInput(Frozen):
     task_type: TaskType = "feature"
     acceptance_ref: BlobRef | None = None
     """Held-out acceptance tests ({path: source} JSON blob), run outside the worktree."""
+    acceptance_selection: list[str] | None = None
+    """The held-out tests that gate the task (those failing on its base); None: all of them."""
+    baseline: BaselineSummary | None = None
+    """The run's base measured once: which tests fail there and what each executes. None: unmeasured."""
+    purpose: GatePurpose = "task"

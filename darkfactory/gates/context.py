@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkfactory.blobs import BlobStore
+from darkfactory.contracts import GatePurpose
+from darkfactory.gates.baseline_data import Baseline
 from darkfactory.policy import GateName, Policy, TaskType
 from darkfactory.target_env import TargetEnv
 
@@ -43,3 +45,11 @@ class GateContext:
     """A writable directory outside the worktree (reports the host reads back). None: a temporary one."""
     deadline: float | None = None
     """`time.monotonic()` by which every gate must be done; None: `timeout_s` after `run_gates` starts."""
+    purpose: GatePurpose = "task"
+    baseline: Baseline | None = None
+    """The run's base suite, measured once. Its commit may be older than `base_sha`: a task branches from the
+    integration head as it stands. None: nothing measured, every failure counts."""
+    trees_dir: Path | None = None
+    """Where the tests gate checks out the trees it builds (the judged tree, the witness tree); None: scratch."""
+    acceptance_selection: Sequence[str] | None = None
+    """Held-out tests (file names or node ids in `acceptance_dir`) that gate the task; None: all of them."""

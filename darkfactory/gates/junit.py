@@ -6,6 +6,7 @@ with a size cap, and refused if it carries a DOCTYPE or entities.
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from darkfactory.gates.context import GateContext
 from darkfactory.sandbox import CommandResult, run_command
 
 PYTEST_NO_TESTS = 5
+CAPTURE_LIMIT = 1500
+"""Characters of a test's captured stdout (and of its stderr) kept for feedback."""
 REPORT_LIMIT = 32 << 20
 """Bytes of a JUnit report the host reads back; a bigger one counts as unreadable."""
 
@@ -34,6 +37,9 @@ class JUnitCase:
     message: str = ""
     text: str = ""
     """The failure's traceback in the run's `--tb` style (test source included: never for held-out tests)."""
+    stdout: str = ""
+    """What the test printed (captured by pytest), when the run asked for it; bounded."""
+    stderr: str = ""
 
     @property
     def failed(self) -> bool:
@@ -61,16 +67,28 @@ def parse_junit(data: bytes, resolve: Callable[[str, str], str]) -> list[JUnitCa
     for testcase in root.iter("testcase"):
         outcome: Outcome = "passed"
         message = text = ""
+        captured = {"system-out": "", "system-err": ""}
         for child in testcase:
-            if child.tag in ("failure", "error") and outcome not in ("failed", "error"):
+            if child.tag in captured:
+                captured[child.tag] = _bounded_tail(child.text or "")
+            elif child.tag in ("failure", "error") and outcome not in ("failed", "error"):
                 # A test can fail and then error in teardown: the first problem is the one to show.
                 outcome = "failed" if child.tag == "failure" else "error"
                 message, text = child.get("message", ""), child.text or ""
             elif child.tag == "skipped" and outcome == "passed":
                 outcome = "skipped"
         nodeid = resolve(testcase.get("classname", ""), testcase.get("name", ""))
-        cases.append(JUnitCase(nodeid, outcome, message, text))
+        cases.append(JUnitCase(nodeid, outcome, message, text, captured["system-out"], captured["system-err"]))
     return cases
+
+
+_CAPTURE_BANNER = re.compile(r"^-+ Captured \w+(?: \w+)? -+$", re.MULTILINE)
+
+
+def _bounded_tail(text: str) -> str:
+    # The end of the output is where a failing helper prints what it expected and what it got.
+    text = _CAPTURE_BANNER.sub("", text).strip("\n")
+    return text if len(text) <= CAPTURE_LIMIT else "[...]\n" + text[-CAPTURE_LIMIT:]
 
 
 def nodeid_resolver(root: Path, *, drop_prefix: bool = False) -> Callable[[str, str], str]:
@@ -117,15 +135,21 @@ def run_pytest(
     *,
     resolve: Callable[[str, str], str] | None = None,
     readonly: Sequence[Path] = (),
+    capture: bool = False,
+    extra_path: Sequence[Path] = (),
 ) -> PytestRun:
-    """pytest in `tree`, sandboxed, in the target's environment, with a JUnit report read back safely."""
+    """pytest in `tree`, sandboxed, in the target's environment, with a JUnit report read back safely.
+
+    `capture`: failing tests' captured stdout and stderr go into the report (passing tests' never do).
+    `extra_path` goes on PYTHONPATH after the tree: the factory's own tools for this run only.
+    """
     report = _report_path(scratch, label)
-    python_path = [str(tree)]
-    if (tree / "src").is_dir():
-        python_path.insert(0, str(tree / "src"))
+    python_path = [*source_roots(tree), *(str(path) for path in extra_path)]
+    logging = ["-o", "junit_logging=no"]
+    if capture:
+        logging = ["-o", "junit_logging=out-err", "-o", "junit_log_passing_tests=false"]
     result = run_command(
-        # The report's contents are ours to choose: captured output would only make it big.
-        [*argv, f"--junitxml={report}", "-o", "junit_logging=no", "--continue-on-collection-errors"],
+        [*argv, f"--junitxml={report}", *logging, "--continue-on-collection-errors"],
         cwd=tree,
         env={"PYTHONPATH": ":".join(python_path), "VIRTUAL_ENV": str(ctx.env.root)},
         path_prefix=[ctx.env.bin_dir],
@@ -137,6 +161,11 @@ def run_pytest(
     data = read_regular_file(report, REPORT_LIMIT)
     cases = None if data is None else parse_junit(data, resolve or nodeid_resolver(tree))
     return PytestRun(result, cases)
+
+
+def source_roots(tree: Path) -> list[str]:
+    """What goes on PYTHONPATH for a tree: `src/` first when it has one (a src layout), then the tree."""
+    return [str(tree / "src"), str(tree)] if (tree / "src").is_dir() else [str(tree)]
 
 
 def _report_path(scratch: Path, label: str) -> Path:

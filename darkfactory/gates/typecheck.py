@@ -6,11 +6,7 @@ The target's own mypy when its environment has one, else a copy of ours beside t
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
-import sys
-import tempfile
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +32,8 @@ from darkfactory.gates.common import (
 )
 from darkfactory.gates.context import GateContext
 from darkfactory.sandbox import CommandResult, run_command
-from darkfactory.target_env import seed_distributions, site_packages
+from darkfactory.target_env import site_packages
+from darkfactory.toolbox import tool_dir
 
 MYPY_ARGV = ("python", "-P", "-m", "mypy", "--no-error-summary", "--no-pretty", "--no-color-output")
 """`-P`: a `mypy.py` or `mypy/` in the worktree must not stand in for the real one."""
@@ -81,27 +78,9 @@ def mypy_tools(cache_root: Path) -> Path:
     """mypy and its requirements, copied from this installation once per cache root (offline, like pytest).
 
     Beside the target environments, not inside them: mypy's requirements (typing_extensions among them)
-    must not change the environment the target's own tests run in. Built in a staging directory and
-    renamed into place, so a concurrent or crashed build never leaves a half-copied mypy in use.
+    must not change the environment the target's own tests run in.
     """
-    version = metadata.version("mypy")
-    final = cache_root / f"tools-mypy-{version}-py{sys.version_info.major}{sys.version_info.minor}"
-    if (final / ".ready").exists():
-        return final
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tools-", dir=cache_root))
-    try:
-        seed_distributions(staging, ["mypy"])
-        (staging / ".ready").write_text(version)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / ".ready").exists():  # a leftover that is not ours to keep
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return tool_dir(cache_root, "mypy", ["mypy"])
 
 
 def _mypy_launch(ctx: GateContext) -> tuple[dict[str, str], list[Path]]:

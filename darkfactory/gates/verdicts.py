@@ -1,0 +1,145 @@
+"""What the tests gate concluded about each failing test, and how that is told to people and to the agent.
+
+A failure is a failure: a test that fails now counts unless it is quarantined by the policy, passes when
+re-run alone (flaky), or failed on the base too *and* the change does not affect it (pre-existing). Every
+exception is listed, never silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from darkfactory.gates.common import MAX_ITEMS, listed_notes
+from darkfactory.gates.junit import JUnitCase, PytestRun
+from darkfactory.policy import QuarantinedTest, SuiteRules, TaskType
+
+WITNESS_TYPES: frozenset[TaskType] = frozenset({"feature", "bugfix"})
+"""Task types that must show a test that fails without the change and passes with it."""
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A failing test that counts against the change."""
+
+    case: JUnitCase
+    on_base: bool
+    """It failed on the base too."""
+    why: str
+    """Why it counts, in words for the agent."""
+
+
+@dataclass
+class Ledger:
+    """Everything the gate learned over its runs, keyed by node id in the tree the suite ran in."""
+
+    flaky: dict[str, JUnitCase] = field(default_factory=dict)
+    pre_existing: dict[str, JUnitCase] = field(default_factory=dict)
+    quarantined: dict[str, tuple[JUnitCase, QuarantinedTest]] = field(default_factory=dict)
+    witnesses: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def decided(self, nodeid: str) -> bool:
+        return nodeid in self.flaky or nodeid in self.pre_existing or nodeid in self.quarantined
+
+    def tally(self, run: PytestRun, failed: int = 0) -> str:
+        parts = [f"{failed} failed"] if failed else []
+        parts.append(f"{run.count('passed')} passed")
+        if self.pre_existing:
+            count = len(self.pre_existing)
+            parts.append(f"{count} pre-existing failure{'s' if count > 1 else ''}")
+        if self.quarantined:
+            parts.append(f"{len(self.quarantined)} quarantined")
+        if self.flaky:
+            parts.append(f"{len(self.flaky)} flaky")
+        if run.count("skipped"):
+            parts.append(f"{run.count('skipped')} skipped")
+        return ", ".join(parts)
+
+    def result_notes(self, rules: SuiteRules, shown: Callable[[str], str]) -> list[str]:
+        failed_quarantined = {entry.test for _case, entry in self.quarantined.values()}
+        return [
+            *(
+                [f"witness (fails on the base, passes with the change): {', '.join(map(shown, self.witnesses[:5]))}"]
+                if self.witnesses
+                else []
+            ),
+            *listed_notes(
+                "pre-existing (fails on the base too; the change does not affect it)",
+                [_headline(case, shown) for case in self.pre_existing.values()],
+            ),
+            *listed_notes("flaky (passed when re-run alone)", [_headline(case, shown) for case in self.flaky.values()]),
+            *listed_notes(
+                "quarantined (ignored by the policy)",
+                [
+                    f"{entry.test}: {entry.reason}"
+                    + (" (failed in this run)" if entry.test in failed_quarantined else "")
+                    for entry in rules.quarantine
+                ],
+            ),
+            *self.notes,
+        ]
+
+
+def _headline(case: JUnitCase, shown: Callable[[str], str]) -> str:
+    first = next((line for line in case.message.splitlines() if line.strip()), "")
+    return f"{shown(case.nodeid)} - {first.strip()[:200]}" if first else shown(case.nodeid)
+
+
+def failures_feedback(counted: Sequence[Counted], shown: Callable[[str], str]) -> str:
+    """Each counting failure: its id, whether it failed on the base, its traceback's end, what it printed."""
+    parts: list[str] = []
+    if any(item.on_base for item in counted):
+        parts.append(
+            "Tests that already failed before your change still count when your change affects the code they "
+            "run: make them pass."
+        )
+    seen: set[str] = set()
+    listed = 0
+    for item in counted:
+        name = shown(item.case.nodeid)
+        key = name.removesuffix(" (your version of the file)")
+        if key in seen:
+            continue  # the copy of an edited test file fails the same way as the base's version
+        seen.add(key)
+        listed += 1
+        if listed > MAX_ITEMS:
+            continue
+        body = (item.case.text or item.case.message).strip()
+        lines = [line[:300] for line in body.splitlines()[-15:]]
+        section = [f"### {name} ({item.why})", *lines]
+        if item.case.stdout:
+            section += ["--- captured stdout ---", item.case.stdout]
+        if item.case.stderr:
+            section += ["--- captured stderr ---", item.case.stderr]
+        parts.append("\n".join(section))
+    if listed > MAX_ITEMS:
+        parts.append(f"... and {listed - MAX_ITEMS} more failing test(s)")
+    parts.append("### summary\n" + "\n".join(f"FAILED {shown(item.case.nodeid)}" for item in counted[:20]))
+    return "\n\n".join(parts)
+
+
+def no_witness_feedback(
+    task_type: TaskType, still_failing: Sequence[str], toothless: Sequence[str], shown: Callable[[str], str]
+) -> str:
+    lines = [
+        f"A `{task_type}` task must come with a witness: a test that fails without your change and passes with "
+        "it. No test does:"
+    ]
+    if still_failing:
+        lines.append(
+            "- these tests fail on the base and still fail (your change does not touch the code they run): "
+            + ", ".join(shown(nodeid) for nodeid in still_failing[:10])
+        )
+    if toothless:
+        lines.append(
+            "- your new tests pass against the code before your change as well, so they show nothing: "
+            + ", ".join(shown(nodeid) for nodeid in toothless[:10])
+        )
+    if not still_failing and not toothless:
+        lines.append("- no test that failed on the base passes now, and the change adds no test")
+    lines.append(
+        "Make a test that fails on the base pass, or add a test that fails without your change (in a new test "
+        "file, or as a new test in an existing one) and make it pass."
+    )
+    return "\n".join(lines)
