@@ -32,9 +32,9 @@ import worker as worker_module
 from darkfactory import devserver
 from darkfactory.constants import DEFAULT_MODEL, SA_NEEDS_REVIEW, TASK_QUEUE, run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput, RunConfig, RunRequest, RunState, ShipMode, slugify_run_id
-from darkfactory.llm import ScriptedTranscript
 from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.report import print_progress, print_summary
+from darkfactory.scripted import ScriptedTranscript
 from darkfactory.settings import FactorySettings, TemporalSettings
 from darkfactory.telemetry import configure_logging
 from darkfactory.workspace import TargetError, read_file_at, validate_target

@@ -24,7 +24,7 @@ from harness import CALLS_PER_TASK, Bench, progress, require_success, run_reques
 from history import workflow_task_timeouts
 
 from darkfactory.contracts import Timeouts
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, RecordedRequest, ScriptResponder
 
 MODEL = "claude-sonnet-5-5"

@@ -15,7 +15,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.devserver import is_listening
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from darkfactory.workspace import list_branches
 from tests.conftest import DEMO, git

@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import Timeouts
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, ScriptResponder
 from tests.conftest import DEMO, git, request_for, run_to_end
 from workflows import FactoryRunWorkflow

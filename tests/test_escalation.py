@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunRequest, RunState
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from tests.conftest import demo_transcript, factory_worker, git, request_for, write_transcript
 from workflows import FactoryRunWorkflow

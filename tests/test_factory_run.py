@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from darkfactory.workspace import list_branches
 from tests.conftest import DEMO, demo_transcript, edited_transcript, git, request_for, run_to_end

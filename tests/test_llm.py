@@ -12,17 +12,8 @@ from typing import Any
 import pytest
 
 from darkfactory.contracts import CallContext, ModelRequest, Usage
-from darkfactory.llm import (
-    AnthropicClient,
-    ModelCallError,
-    ScriptedClient,
-    ScriptedTranscript,
-    TranscriptError,
-    build_model_client,
-    classify_error,
-    context_from_request,
-    estimate_cost_usd,
-)
+from darkfactory.llm import AnthropicClient, ModelCallError, build_model_client, classify_error, estimate_cost_usd
+from darkfactory.scripted import ScriptedClient, ScriptedTranscript, TranscriptError, context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, ScriptResponder
 
 # Deliberately not shaped like a real key, so only the adapter's explicit redaction can hide it.

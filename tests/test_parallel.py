@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunState
-from darkfactory.llm import context_from_request
+from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from tests.conftest import factory_worker, git, request_for, write_transcript
 from tests.test_escalation import cli, with_policy

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from darkfactory.contracts import Usage
-from darkfactory.llm import ModelCallError, ScriptedTranscript, context_from_request
+from darkfactory.llm import ModelCallError
+from darkfactory.scripted import ScriptedTranscript, context_from_request
 from darkfactory.testing.loopback import LoopbackServer
 
 __all__ = ["FakeMessagesServer", "FakeReply", "RecordedRequest", "Responder", "ScriptResponder", "main"]
