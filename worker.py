@@ -195,7 +195,7 @@ def build_worker(
             Worker(
                 client,
                 task_queue=queue_name(task_queue, "gates"),
-                activities=[gates.run_gates],
+                activities=[gates.measure_base, gates.check_acceptance, gates.run_gates],
                 activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=cores),
                 max_concurrent_activities=cores,
                 interceptors=[LogContextInterceptor()],

@@ -1,25 +1,48 @@
-"""The gate activity: check out one commit (and its base), set up the target's environment, run the gates."""
+"""The gate activities: measure the run's base once, check held-out tests on a task's base, run the gates.
+
+Each checks out the commits it needs as worktrees (caches of a sha), sets up the target's environment and
+hands plain inputs to the domain library.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import structlog
+from pydantic import ValidationError
 from temporalio import activity
 
 from activities.context import heartbeat_ticker
 from darkfactory import workspace
 from darkfactory.blobs import BlobStore
-from darkfactory.contracts import GateReport, GateResult, RunGatesInput
+from darkfactory.contracts import (
+    AcceptanceCheck,
+    BaselineSummary,
+    BlobRef,
+    CheckAcceptanceInput,
+    GateReport,
+    GateResult,
+    MeasureBaseInput,
+    RunConfig,
+    RunGatesInput,
+)
 from darkfactory.gates import DEFAULT_TEST_COMMAND, GATES, GateContext, run_gates
+from darkfactory.gates.acceptance import bite_on_base
+from darkfactory.gates.baseline import measure_base
+from darkfactory.gates.baseline_data import Baseline
+from darkfactory.policy import Policy
 from darkfactory.sandbox import CREDENTIAL_MARKERS
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnvError, ensure_target_env
 
 log = structlog.get_logger(__name__)
 MIN_SECRET_LENGTH = 8
+BASELINE_FORMAT = 1
+"""Part of a measurement's cache key: bump it when what a measurement records changes."""
 
 
 def worker_secret_values() -> list[str]:
@@ -31,10 +54,97 @@ def worker_secret_values() -> list[str]:
     ]
 
 
+def _commands(config: RunConfig, policy: Policy) -> tuple[list[list[str]] | None, list[str]]:
+    """(setup commands, test command): the run's overrides, else the policy's, else the defaults."""
+    setup = config.setup_commands if config.setup_commands is not None else policy.commands.setup
+    return setup, config.test_command or policy.commands.test or list(DEFAULT_TEST_COMMAND)
+
+
 class GateActivities:
     def __init__(self, settings: FactorySettings, blobs: BlobStore) -> None:
         self._settings = settings
         self._blobs = blobs
+
+    def _worktree(self, run_id: str, name: str, repo_path: str, sha: str) -> Path:
+        return workspace.ensure_worktree(repo_path, self._settings.worktrees_dir / run_id / name, sha)
+
+    @activity.defn
+    def measure_base(self, input: MeasureBaseInput) -> BaselineSummary:
+        """The base commit's suite, once per base tree and test command: failing tests and per-test coverage."""
+        tick = heartbeat_ticker()
+        worktree = self._worktree(input.run_id, "_base", input.repo_path, input.base_sha)
+        setup, test_command = _commands(input.config, input.policy)
+        try:
+            env = ensure_target_env(worktree, self._settings.envs_dir, setup, on_tick=tick)
+        except TargetEnvError as exc:
+            note = f"the base's test environment could not be set up, so every failure counts: {str(exc)[-500:]}"
+            return BaselineSummary(base_sha=input.base_sha, notes=[note])
+        tree = workspace.GitRun(Path(input.repo_path))("rev-parse", f"{input.base_sha}^{{tree}}")
+        key = hashlib.sha256(json.dumps([BASELINE_FORMAT, tree, test_command, env.fingerprint]).encode()).hexdigest()
+        cached = self._settings.baselines_dir / f"{key[:32]}.json"
+        if cached.exists():
+            try:
+                found = BaselineSummary.model_validate_json(cached.read_text())
+                return found.model_copy(update={"base_sha": input.base_sha, "cached": True})
+            except (OSError, ValidationError):
+                log.warning("baseline_cache_unreadable", path=str(cached))
+        with tempfile.TemporaryDirectory(prefix="factory-base-") as scratch:
+            ctx = GateContext(
+                worktree=worktree,
+                sha=input.base_sha,
+                changed=[],
+                env=env,
+                blobs=self._blobs,
+                test_command=test_command,
+                timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
+                on_tick=tick,
+                repo_path=input.repo_path,
+                base_sha=input.base_sha,
+                policy=input.policy,
+            )
+            baseline, output = measure_base(ctx, Path(scratch))
+        summary = baseline.summary(self._blobs.put_json(baseline.model_dump(mode="json"))).model_copy(
+            update={"details_ref": self._blobs.put_text(output)}
+        )
+        self._settings.baselines_dir.mkdir(parents=True, exist_ok=True)
+        staging = cached.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(summary.model_dump_json())
+        os.replace(staging, cached)  # whole or not at all: a concurrent measurement writes the same content
+        log.info(
+            "base_measured",
+            failed=summary.failed,
+            passed=summary.passed,
+            coverage=summary.coverage,
+            duration_s=summary.duration_s,
+        )
+        return summary
+
+    @activity.defn
+    def check_acceptance(self, input: CheckAcceptanceInput) -> AcceptanceCheck:
+        """Run the held-out tests against the task's base: only those that fail there can gate the task."""
+        tick = heartbeat_ticker()
+        worktree = self._worktree(input.run_id, f"{input.task_id}.base", input.repo_path, input.base_sha)
+        setup, test_command = _commands(input.config, input.policy)
+        try:
+            env = ensure_target_env(worktree, self._settings.envs_dir, setup, on_tick=tick)
+        except TargetEnvError as exc:
+            return AcceptanceCheck(problem=f"the base's test environment could not be set up: {str(exc)[-300:]}")
+        with tempfile.TemporaryDirectory(prefix="factory-acceptance-") as scratch:
+            (Path(scratch) / "reports").mkdir()
+            ctx = GateContext(
+                worktree=worktree,
+                sha=input.base_sha,
+                changed=[],
+                env=env,
+                blobs=self._blobs,
+                test_command=test_command,
+                timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
+                on_tick=tick,
+                acceptance_dir=self._materialise_acceptance(input.files_ref, Path(scratch)),
+                scratch=Path(scratch) / "reports",
+            )
+            biting, toothless, problem = bite_on_base(ctx)
+        return AcceptanceCheck(biting=biting, toothless=toothless, problem=problem)
 
     @activity.defn
     def run_gates(self, input: RunGatesInput) -> GateReport:
@@ -44,22 +154,16 @@ class GateActivities:
         base_worktree = workspace.ensure_worktree(input.repo_path, root / f"{input.task_id}.base", input.base_sha)
         changed = workspace.changed_paths(input.repo_path, input.base_sha, input.sha)
         policy = input.policy
-        setup = input.config.setup_commands if input.config.setup_commands is not None else policy.commands.setup
-        test_command = input.config.test_command or policy.commands.test or list(DEFAULT_TEST_COMMAND)
+        setup, test_command = _commands(input.config, policy)
         try:
             env = ensure_target_env(worktree, self._settings.envs_dir, setup, on_tick=tick)
         except TargetEnvError as exc:
-            failed = GateResult(
-                gate="tests",
-                passed=False,
-                summary="the test environment could not be set up",
-                feedback=str(exc)[-3000:],
-                details_ref=self._blobs.put_text(str(exc)),
-            )
-            return GateReport(sha=input.sha, results=[failed])
+            return self._no_environment(input, exc)
         with tempfile.TemporaryDirectory(prefix="factory-gates-") as scratch:
             (Path(scratch) / "reports").mkdir()
-            acceptance_dir = self._materialise_acceptance(input, Path(scratch))
+            acceptance_dir = (
+                self._materialise_acceptance(input.acceptance_ref, Path(scratch)) if input.acceptance_ref else None
+            )
             report = run_gates(
                 GateContext(
                     worktree=worktree,
@@ -79,6 +183,10 @@ class GateActivities:
                     acceptance_dir=acceptance_dir,
                     secret_values=worker_secret_values(),
                     scratch=Path(scratch) / "reports",
+                    purpose=input.purpose,
+                    baseline=self._baseline(input.baseline),
+                    trees_dir=root / f"{input.task_id}.trees",
+                    acceptance_selection=input.acceptance_selection,
                 )
             )
         for result in report.results:
@@ -92,11 +200,24 @@ class GateActivities:
             )
         return report
 
-    def _materialise_acceptance(self, input: RunGatesInput, scratch: Path) -> Path | None:
-        """Write the held-out tests outside the worktree, where only the gate runs them."""
-        if input.acceptance_ref is None:
+    def _baseline(self, summary: BaselineSummary | None) -> Baseline | None:
+        if summary is None or summary.ref is None:
             return None
-        files: dict[str, str] = self._blobs.get_json(input.acceptance_ref)
+        return Baseline.model_validate(self._blobs.get_json(summary.ref))
+
+    def _no_environment(self, input: RunGatesInput, exc: TargetEnvError) -> GateReport:
+        failed = GateResult(
+            gate="tests",
+            passed=False,
+            summary="the test environment could not be set up",
+            feedback=str(exc)[-3000:],
+            details_ref=self._blobs.put_text(str(exc)),
+        )
+        return GateReport(sha=input.sha, results=[failed])
+
+    def _materialise_acceptance(self, ref: BlobRef, scratch: Path) -> Path:
+        """Write the held-out tests outside the worktree, where only the gates run them."""
+        files: dict[str, str] = self._blobs.get_json(ref)
         directory = scratch / "acceptance"
         directory.mkdir(parents=True)
         for name, source in files.items():

@@ -80,9 +80,7 @@ class ModelActivities:
     async def plan_run(self, input: PlanInput) -> PlanResult:
         files = tracked_files(input.repo_path, input.base_sha)
         readme = _readme(input.repo_path, input.base_sha, files)
-        request = prompts.planner_request(
-            input.config.model, input.spec, files, readme, input.config.max_tokens, input.attempt, input.problem
-        )
+        request = prompts.planner_request(input, files, readme)
         context = CallContext(purpose="plan", run_id=input.run_id, attempt=input.attempt)
         response = await self._call(request, context, input.config.timeouts.heartbeat_s)
         transcript = self._save_exchange(request, response)
@@ -151,7 +149,7 @@ class ModelActivities:
     async def write_acceptance_tests(self, input: AcceptanceInput) -> AcceptanceSuite:
         """Held-out tests from the task's acceptance criteria, written in a context the generator never sees."""
         request = prompts.acceptance_request(input, tracked_files(input.repo_path, input.base_sha))
-        context = CallContext(purpose="acceptance", run_id=input.run_id, task_id=input.task.id, attempt=1)
+        context = CallContext(purpose="acceptance", run_id=input.run_id, task_id=input.task.id, attempt=input.attempt)
         response = await self._call(request, context, input.config.timeouts.heartbeat_s)
         tests = _tool_answer(response, prompts.SUBMIT_TESTS_TOOL, AcceptanceTests, "the acceptance-test writer")
         ref = self._blobs.put_json({file.path: file.content for file in tests.files})

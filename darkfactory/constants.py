@@ -33,6 +33,10 @@ SA_REPO = "FactoryRepo"
 SEARCH_ATTRIBUTES: dict[str, str] = {SA_STATUS: "Keyword", SA_NEEDS_REVIEW: "Bool", SA_REPO: "Keyword"}
 """Name -> Temporal indexed value type, as `temporal server start-dev --search-attribute` spells it."""
 
+TASK_ESCALATION_SIGNAL = "task_escalation"
+"""The signal a task sends its run when it starts or stops waiting for a person (by name: the two workflow
+modules cannot import each other)."""
+
 GIT_AUTHOR_NAME = "darkfactory"
 GIT_AUTHOR_EMAIL = "factory@darkfactory.invalid"
 

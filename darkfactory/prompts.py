@@ -19,6 +19,7 @@ from darkfactory.contracts import (
     AttemptBrief,
     ModelRequest,
     Plan,
+    PlanInput,
     ReviewInput,
     ReviewVerdict,
 )
@@ -56,30 +57,31 @@ def plan_tool() -> dict[str, Any]:
     )
 
 
-def planner_request(
-    model: str, spec: str, files: list[str], readme: str, max_tokens: int, attempt: int = 1, problem: str = ""
-) -> ModelRequest:
+def planner_request(input: PlanInput, files: list[str], readme: str) -> ModelRequest:
+    """The planner's request: the repository, the tests failing on its base, the spec."""
     listed, truncated = _listing(files)
     return ModelRequest(
-        model=model,
+        model=input.config.model,
         system=render("planner_system.j2"),
         messages=[
             {
                 "role": "user",
                 "content": render(
                     "planner_user.j2",
-                    spec=spec,
+                    spec=input.spec,
                     files=listed,
                     truncated=truncated,
                     readme=readme,
-                    attempt=attempt,
-                    problem=problem,
+                    attempt=input.attempt,
+                    problem=input.problem,
+                    base_failures=input.base_failures,
+                    base_failed=input.base_failed,
                 ),
             }
         ],
         tools=[plan_tool()],
         tool_choice={"type": "tool", "name": SUBMIT_PLAN_TOOL},
-        max_tokens=max_tokens,
+        max_tokens=input.config.max_tokens,
     )
 
 
@@ -110,7 +112,16 @@ def review_request(input: ReviewInput, diff: str, diff_stat: str) -> ModelReques
 
 def acceptance_request(input: AcceptanceInput, files: list[str]) -> ModelRequest:
     listed, truncated = _listing(files)
-    user = render("acceptance_user.j2", task=input.task, spec=input.spec, files=listed, truncated=truncated)
+    user = render(
+        "acceptance_user.j2",
+        task=input.task,
+        spec=input.spec,
+        files=listed,
+        truncated=truncated,
+        attempt=input.attempt,
+        max_attempts=input.max_attempts,
+        problem=input.problem,
+    )
     return ModelRequest(
         model=input.config.model,
         system=render("acceptance_system.j2"),

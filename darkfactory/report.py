@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from darkfactory.contracts import GateResult, RunState
+from darkfactory.contracts import BaselineSummary, GateResult, RunState, TaskSummary
 from darkfactory.llm import PRICES_USD_PER_MTOK, estimate_cost_usd
 
 TaskProgressFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -31,11 +31,40 @@ async def print_progress(console: Console, state: RunState, seen: dict[str, str]
                 failed = [g for g in gates if not g.get("passed")]
                 if failed and progress.get("phase") == "agent":
                     line += f" after gate {failed[0]['gate']} failed: {failed[0]['summary']}"
+        elif task.state == "escalated":
+            line = f"escalated: {_waiting(task)}"
         elif task.reason and task.state != "pending":
             line = f"{task.state}: {task.reason}"
         if seen.get(task.id) != line:
             seen[task.id] = line
             console.print(f"  {task.id}: {line}", highlight=False)
+
+
+def _waiting(task: TaskSummary) -> str:
+    escalation = task.escalation
+    if escalation is None:
+        return task.reason
+    since = escalation.since.strftime("%Y-%m-%d %H:%M UTC")
+    return f"waiting for a person since {since}: {escalation.reason}"
+
+
+def _baseline_lines(baseline: BaselineSummary) -> list[str]:
+    how = "with per-test coverage" if baseline.coverage else "without coverage"
+    if not baseline.per_test:
+        exit_code = "unknown" if baseline.exit_code is None else baseline.exit_code
+        lines = [f"Base {baseline.base_sha[:12]}: test command exit {exit_code} (no per-test results)"]
+    else:
+        lines = [
+            f"Base {baseline.base_sha[:12]}: {baseline.passed} test(s) pass, {baseline.failed} fail there "
+            f"(measured once, {how}{', cached' if baseline.cached else ''})"
+        ]
+    shown = baseline.failures[:10]
+    for failure in shown:
+        lines.append(f"  failing on the base: {failure.nodeid}" + (f" - {failure.message}" if failure.message else ""))
+    if baseline.failed > len(shown):
+        lines.append(f"  ... and {baseline.failed - len(shown)} more")
+    lines.extend(f"  note: {note}" for note in baseline.notes)
+    return lines
 
 
 def _gates(results: list[GateResult]) -> str:
@@ -47,15 +76,22 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     console.print(f"\nRun [bold]{state.run_id}[/]: {verdict}", highlight=False)
     if state.error:
         console.print(f"[red]{state.error}[/]", highlight=False)
+    if state.baseline is not None:
+        for line in _baseline_lines(state.baseline):
+            console.print(line, highlight=False, markup=False)
     table = Table(show_lines=False)
     for column in ("task", "state", "attempts", "last gates", "tokens", "reason"):
         table.add_column(column)
     for task in state.tasks:
+        reason = _waiting(task) if task.state == "escalated" else task.reason
         table.add_row(
-            task.id, task.state, str(task.attempts), _gates(task.gates), str(task.usage.total_tokens), task.reason[:80]
+            task.id, task.state, str(task.attempts), _gates(task.gates), str(task.usage.total_tokens), reason[:120]
         )
     if state.tasks:
         console.print(table)
+    for task in state.tasks:
+        for note in task.notes:
+            console.print(f"  {task.id}: {note}", highlight=False, markup=False)
     usage = state.usage
     if state.scripted:
         cost_text = "no cost"
@@ -71,6 +107,9 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     )
     if state.final_gates:
         console.print(f"Integration gates: {_gates(state.final_gates)}", highlight=False)
+        for result in state.final_gates:
+            for note in result.notes:
+                console.print(f"  {result.gate}: {note}", highlight=False, markup=False)
     if state.shipped_sha:
         target = state.shipped_to or state.base_branch
         console.print(f"Shipped {state.shipped_sha[:12]} to {target} ({state.ship_mode})", highlight=False)

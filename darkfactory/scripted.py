@@ -84,6 +84,8 @@ class _TranscriptFile(_Strict):
     """task id -> one reply per attempt."""
     acceptance: dict[str, ScriptedReply] = Field(default_factory=dict)
     """task id -> the reply that writes its held-out acceptance tests."""
+    acceptance_retries: dict[str, list[ScriptedReply]] = Field(default_factory=dict)
+    """task id -> the writer's replies to attempts 2, 3, ... (after some of its tests passed on the base)."""
 
 
 def _digest(text: str) -> str:
@@ -148,6 +150,14 @@ class ScriptedTranscript:
         if context.attempt < 1 or (context.purpose == "agent" and context.turn < 1):
             raise ModelCallError(f"{missing}: attempt and turn start at 1", kind="script_exhausted")
         if context.purpose == "acceptance":
+            if context.attempt > 1:
+                retries = self._data.acceptance_retries.get(task_id, [])
+                if context.attempt - 2 >= len(retries):
+                    raise ModelCallError(
+                        f"{missing}: 'acceptance_retries' covers attempts 2..{len(retries) + 1} of {task_id!r}",
+                        kind="script_exhausted",
+                    )
+                return retries[context.attempt - 2]
             reply = self._data.acceptance.get(task_id)
             if reply is None:
                 raise ModelCallError(f"{missing}: 'acceptance' has no task {task_id!r}", kind="script_exhausted")

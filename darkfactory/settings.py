@@ -43,6 +43,11 @@ class FactorySettings(BaseSettings):
         return self.home / "envs"
 
     @property
+    def baselines_dir(self) -> Path:
+        """Measurements of base commits' suites, by base tree and test command (each a summary with blob refs)."""
+        return self.home / "baselines"
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

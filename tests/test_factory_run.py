@@ -42,16 +42,14 @@ async def test_happy_path_merges_every_task_and_fast_forwards_main(
     assert "slugify" in (demo_repo / "textkit" / "__init__.py").read_text()
     assert git(demo_repo, "status", "--porcelain") == ""
     assert summary.shipped_sha == git(demo_repo, "rev-parse", "main")
-    assert [g.gate for g in summary.final_gates] == [
-        "scope",
-        "secrets",
-        "syntax",
-        "lint",
-        "types",
-        "tests",
-        "acceptance",
-    ]
+    # The integration branch: every whole-tree gate (scope, held-out tests and review judged each task).
+    assert [g.gate for g in summary.final_gates] == ["secrets", "syntax", "lint", "types", "tests"]
     assert all(g.passed and not g.needs_approval for g in summary.final_gates)
+    # The base was measured once, green; each feature task had a witness: its new test failed on the base.
+    assert summary.baseline is not None and summary.baseline.coverage and summary.baseline.failed == 0
+    for task in summary.tasks:
+        tests_gate = next(g for g in task.gates if g.gate == "tests")
+        assert any(note.startswith("witness") for note in tests_gate.notes), tests_gate.notes
     # Each task: its gates, its held-out acceptance tests and the reviewer's approval.
     for task in summary.tasks:
         assert [g.gate for g in task.gates][-2:] == ["acceptance", "review"]

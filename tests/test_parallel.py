@@ -47,10 +47,11 @@ def plan(*tasks: dict[str, Any]) -> dict[str, Any]:
     return turn(tool("submit_plan", summary="Parallel work.", tasks=list(tasks)))
 
 
-def task(task_id: str, depends_on: list[str] | None = None) -> dict[str, Any]:
+def task(task_id: str, depends_on: list[str] | None = None, task_type: str = "feature") -> dict[str, Any]:
     return {
         "id": task_id,
         "title": f"Do {task_id}",
+        "type": task_type,
         "instructions": f"Carry out {task_id}.",
         "depends_on": depends_on or [],
     }
@@ -164,7 +165,8 @@ async def test_a_dependent_task_starts_after_its_dependency_merged_and_builds_on
         "def test_shouting_keeps_words():\n    assert word_count(shout('a b')) == 2\n",
     )
     transcript = {
-        "plan": plan(task("add-shout"), task("loud-count", ["add-shout"])),
+        # loud-count only adds a test of what add-shout built: a `test` task, which needs no witness.
+        "plan": plan(task("add-shout"), task("loud-count", ["add-shout"], "test")),
         "tasks": {
             "add-shout": [
                 [turn(module("shout", "shout", "text.upper()"), module_test("shout", "shout", "hi", "HI")), done()]
@@ -202,7 +204,8 @@ async def test_two_tasks_editing_the_same_lines_the_second_is_redone_on_the_new_
         alone = INIT.replace("from textkit.words", f"from textkit.{name} import {name}\nfrom textkit.words").replace(
             '["word_count"]', f'["{name}", "word_count"]'
         )
-        mine = [module(name, name, f"text.{'upper' if name == 'shout' else 'lower'}()")]
+        body = f"text.{'upper' if name == 'shout' else 'lower'}()"
+        mine = [module(name, name, body), module_test(name, name, "Hi", "HI" if name == "shout" else "hi")]
         first = [
             turn(*mine, tool(EDIT, command="str_replace", path="textkit/__init__.py", old_str=INIT, new_str=alone)),
             done(),
@@ -259,10 +262,18 @@ async def test_a_merge_that_breaks_the_integration_suite_is_undone_and_the_task_
             f"    assert word_count('state-of-the-art design') == {expected}\n",
         )
 
+    splits = tool(
+        EDIT,
+        command="create",
+        path="tests/test_split.py",
+        file_text="from textkit.words import word_count\n\n\ndef test_a_hyphen_splits_words():\n"
+        "    assert word_count('a-b') == 2\n",
+    )
     transcript = {
-        "plan": plan(task("split-hyphens"), task("hyphen-test")),
+        # hyphen-test only adds a test: a `test` task, which needs no witness.
+        "plan": plan(task("split-hyphens"), task("hyphen-test", task_type="test")),
         "tasks": {
-            "split-hyphens": [[turn(hyphens_split), done()]],
+            "split-hyphens": [[turn(hyphens_split, splits), done()]],
             # Valid on the base (2 words), broken once split-hyphens is merged (5 words).
             "hyphen-test": [[turn(hyphen_test(2)), done()], [turn(hyphen_test(5)), done()]],
         },
@@ -306,7 +317,9 @@ async def test_cancel_stops_every_task_keeps_the_branches_and_leaves_no_half_don
     transcript = {
         "plan": plan(task("add-shout"), task("add-whisper"), task("after", ["add-shout"])),
         "tasks": {
-            "add-shout": [[turn(module("shout", "shout", "text.upper()")), done()]],
+            "add-shout": [
+                [turn(module("shout", "shout", "text.upper()"), module_test("shout", "shout", "hi", "HI")), done()]
+            ],
             "add-whisper": [[turn(module("whisper", "whisper", "text.lower()")), done()]],
             "after": [[done()]],
         },

@@ -202,13 +202,16 @@ def test_a_quarantined_test_is_ignored_and_listed_with_its_reason(calc: Calc) ->
 def test_a_base_failure_fixed_on_the_tasks_own_base_counts_when_it_breaks_again(calc: Calc) -> None:
     # The run's base is red; another task fixed it (the integration head); this change breaks it again
     # through a data file that coverage cannot see.
-    data = "import json\nimport pathlib\n\nOFFSET = json.loads(pathlib.Path(__file__).with_name('offset.json').read_text())\n"
+    offset = "json.loads((pathlib.Path(__file__).parent / 'offset.json').read_text())"
+    data = f"import json\nimport pathlib\n\nOFFSET = {offset}\n"
     ops = data + "\n\ndef add(a, b):\n    return a + b + OFFSET\n\n\ndef mul(a, b):\n    return a * b\n"
     calc = Calc(calc.tmp / "again", calc.envs, {"calc/ops.py": ops, "calc/offset.json": "1"})
     assert calc.baseline.failing == ["tests/test_ops.py::test_add"]
     head = commit(calc.repo, {"calc/offset.json": "0"}, "another task fixes add")
 
-    passed, summary, feedback, _ = calc.judge({"calc/offset.json": "1", "calc/text.py": TEXT + "# x\n"}, "refactor", on=head)
+    passed, summary, feedback, _ = calc.judge(
+        {"calc/offset.json": "1", "calc/text.py": TEXT + "# x\n"}, "refactor", on=head
+    )
 
     assert not passed, summary
     assert "tests/test_ops.py::test_add (passed on the commit your change started from)" in feedback
@@ -279,8 +282,14 @@ def test_a_new_test_written_into_an_existing_test_file_can_be_the_witness(calc: 
 @pytest.mark.parametrize(
     ("weakening", "files"),
     [
-        ("an early return", {"tests/test_ops.py": TEST_OPS.replace("def test_add():\n", "def test_add():\n    return\n")}),
-        ("an edited expected constant", {"tests/test_ops.py": TEST_OPS.replace("EXPECTED_SUM = 5", "EXPECTED_SUM = -1")}),
+        (
+            "an early return",
+            {"tests/test_ops.py": TEST_OPS.replace("def test_add():\n", "def test_add():\n    return\n")},
+        ),
+        (
+            "an edited expected constant",
+            {"tests/test_ops.py": TEST_OPS.replace("EXPECTED_SUM = 5", "EXPECTED_SUM = -1")},
+        ),
         (
             "a conftest deselection hook",
             {

@@ -7,6 +7,7 @@ the person's answer to the desk, which records it with who, when, the note and w
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -51,9 +52,11 @@ class DecisionDesk:
         status_after: str | None,
         attempt: int = 0,
         sha: str = "",
+        notify: Callable[[EscalationState | None], Awaitable[None]] | None = None,
     ) -> Decision:
         """Mark the workflow as waiting (search attributes + memo, so `factory queue` and the web UI find it),
-        wait for a decision or the deadline's default action, record it, and clear the marks."""
+        wait for a decision or the deadline's default action, record it, and clear the marks. `notify` hears
+        the escalation when the wait starts and None when it ends (a task tells its run)."""
         now = workflow.now()
         deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
         self.waiting = EscalationState(
@@ -63,6 +66,8 @@ class DecisionDesk:
         workflow.upsert_search_attributes([STATUS.value_set("escalated"), NEEDS_REVIEW.value_set(True)])
         workflow.upsert_memo({"escalation": self.waiting.model_dump(mode="json"), **memo})
         workflow.logger.info("waiting for a person: %s", reason)
+        if notify is not None:
+            await notify(self.waiting)
         try:
             await workflow.wait_condition(lambda: self._answer is not None, timeout=deadline)
             decision = self._answer
@@ -83,4 +88,6 @@ class DecisionDesk:
             updates.append(STATUS.value_set(status_after))
         workflow.upsert_search_attributes(updates)
         workflow.upsert_memo({"escalation": None})
+        if notify is not None:
+            await notify(None)
         return decision

@@ -23,11 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import task_workflow_id
+    from darkfactory.constants import TASK_ESCALATION_SIGNAL, task_workflow_id
     from darkfactory.contracts import (
+        BaselineSummary,
         Decision,
         DecisionInput,
         GateReport,
+        MeasureBaseInput,
         Plan,
         PlanInput,
         PlannedTask,
@@ -41,13 +43,16 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         ShipInput,
         ShipResult,
+        TaskEscalation,
         TaskInput,
         TaskResult,
         TaskState,
         TaskSummary,
     )
     from darkfactory.plan import blocked_by, ready_tasks
-    from workflows.task import MODEL_RETRY, STEP_RETRY, TaskWorkflow, _cause, queue_for
+    from darkfactory.policy import GateName
+    from workflows.steps import MODEL_RETRY, STEP_RETRY, cause_of, queue_for
+    from workflows.task import TaskWorkflow
 
 INTEGRATION_TASK = "_integration"
 """Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""
@@ -93,7 +98,7 @@ class FactoryRunWorkflow:
             # A person cancelled the run: children are cancelled with it (each ends `cancelled`), an
             # in-flight merge is finished first (see MergeQueue.merge), and the branches stay for inspection.
             for task in self._require_state().tasks:
-                if task.state in ("pending", "running"):
+                if task.state in ("pending", "running", "escalated"):
                     self._set_task(task.id, state="cancelled", reason="the run was cancelled")
             self._update(error="the run was cancelled; its branches are kept for inspection")
             self._set_phase("cancelled")
@@ -114,6 +119,22 @@ class FactoryRunWorkflow:
             timeouts.git_s,
         )
         self._update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
+
+        self._set_phase("measuring")
+        baseline: BaselineSummary = await self._activity(
+            GateActivities.measure_base,
+            MeasureBaseInput(
+                run_id=request.run_id,
+                repo_path=request.repo_path,
+                base_sha=prepared.base_sha,
+                config=config,
+                policy=prepared.policy,
+            ),
+            timeouts.gates_s,
+            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
+        )
+        self._update(baseline=baseline)
+        prepared = prepared.model_copy(update={"baseline": baseline})
 
         self._set_phase("planning")
         planned = await self._plan(request, prepared)
@@ -141,6 +162,10 @@ class FactoryRunWorkflow:
                 sha=head,
                 base_sha=prepared.base_sha,
                 config=config,
+                # Each task's scope, acceptance and review were judged on its own change.
+                policy=prepared.policy.model_copy(update={"gates": _integration_gates(prepared)}),
+                baseline=baseline,
+                purpose="integration",
             ),
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
@@ -188,6 +213,7 @@ class FactoryRunWorkflow:
                 base_sha=prepared.base_sha,
                 config=request.config.model_copy(update={"test_command": check}),
                 policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
+                purpose="post_ship",
             ),
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
@@ -230,7 +256,19 @@ class FactoryRunWorkflow:
         )
         self._update(shipped_sha=restored)
 
-    # -- people (after a rollback) -----------------------------------------------------------------
+    # -- people --------------------------------------------------------------------------------------
+
+    @workflow.signal(name=TASK_ESCALATION_SIGNAL)
+    def task_escalation(self, update: TaskEscalation) -> None:
+        """A task started (or stopped) waiting for a person: the run's state shows it as `escalated`."""
+        state = self._state
+        task = next((t for t in state.tasks if t.id == update.task_id), None) if state else None
+        if task is None or task.state not in ("running", "escalated"):
+            return  # late or unknown: the task's own result decides its state
+        if update.escalation is None:
+            self._set_task(task.id, state="running", escalation=None)
+        else:
+            self._set_task(task.id, state="escalated", escalation=update.escalation)
 
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:
@@ -269,6 +307,8 @@ class FactoryRunWorkflow:
                         config=config,
                         attempt=attempt,
                         problem=problem,
+                        base_failures=prepared.baseline.failures if prepared.baseline else [],
+                        base_failed=prepared.baseline.failed if prepared.baseline else 0,
                     ),
                     start_to_close_timeout=timedelta(seconds=config.timeouts.model_call_s),
                     heartbeat_timeout=timedelta(seconds=config.timeouts.heartbeat_s),
@@ -279,7 +319,7 @@ class FactoryRunWorkflow:
             except ActivityError as exc:
                 cause = exc.cause
                 if not (isinstance(cause, ApplicationError) and cause.type == INVALID_PLAN):
-                    raise RunFailed(_cause(exc)) from exc
+                    raise RunFailed(cause_of(exc)) from exc
                 problem = cause.message
                 workflow.logger.info("plan %d refused: %s", attempt, problem)
         raise RunFailed(f"{problem} (after {config.max_plan_attempts} planning attempt(s))")
@@ -292,7 +332,7 @@ class FactoryRunWorkflow:
         started: set[str] = set()
         running: dict[str, asyncio.Task[None]] = {}
         while True:
-            ended = {t.id for t in self._require_state().tasks if t.state not in ("pending", "running")}
+            ended = {t.id for t in self._require_state().tasks if t.state not in ("pending", "running", "escalated")}
             merged = {t.id for t in self._require_state().tasks if t.state == "merged"}
             for task_id, culprit in blocked_by(plan, ended - merged).items():
                 if task_id not in started:
@@ -338,6 +378,7 @@ class FactoryRunWorkflow:
                         first_attempt=first_attempt,
                         feedback=feedback,
                         reset_branch=merge_round > 1,
+                        baseline=prepared.baseline,
                     ),
                     id=task_workflow_id(request.run_id, task.id),
                     search_attributes=TypedSearchAttributes(
@@ -345,7 +386,7 @@ class FactoryRunWorkflow:
                     ),
                 )
             except ChildWorkflowError as exc:
-                self._set_task(task.id, state="failed", reason=f"task workflow failed: {_cause(exc)}")
+                self._set_task(task.id, state="failed", reason=f"task workflow failed: {cause_of(exc)}")
                 return
             first_attempt += len(result.attempts)
             previous = self._task(task.id)
@@ -354,6 +395,8 @@ class FactoryRunWorkflow:
                 "usage": previous.usage + result.usage,
                 "decisions": [*previous.decisions, *result.decisions],
                 "gates": result.attempts[-1].gates if result.attempts else [],
+                "notes": result.notes,
+                "escalation": None,
             }
             self._update(usage=self._require_state().usage + result.usage)
             if result.outcome != "passed" or result.final_sha is None:
@@ -401,7 +444,7 @@ class FactoryRunWorkflow:
                 task_queue=queue_for(method),
             )
         except ActivityError as exc:
-            raise RunFailed(_cause(exc)) from exc
+            raise RunFailed(cause_of(exc)) from exc
 
     async def _release(self, request: RunRequest) -> None:
         try:
@@ -443,6 +486,10 @@ def _pull_request_body(state: RunState) -> str:
     lines = [f"Built by darkfactory run `{state.run_id}` from a spec; every task passed its gates.", ""]
     lines += [f"- `{task.id}`: {task.title} ({task.attempts} attempt(s))" for task in state.tasks]
     return "\n".join(lines)
+
+
+def _integration_gates(prepared: PreparedRun) -> list[GateName]:
+    return [gate for gate in prepared.policy.gates if gate not in ("scope", "acceptance", "review")]
 
 
 def _failing(report: GateReport) -> str:

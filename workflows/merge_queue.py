@@ -105,6 +105,8 @@ class MergeQueue:
                 config=request.config,
                 policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
                 task_type=task.type,
+                baseline=prepared.baseline,
+                purpose="regression",
             ),
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),

@@ -14,18 +14,18 @@ from collections import Counter
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 from workflows.escalation import NEEDS_REVIEW, STATUS, DecisionDesk
+from workflows.held_out import held_out_suite
+from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import queue_name
+    from darkfactory.constants import TASK_ESCALATION_SIGNAL
     from darkfactory.contracts import (
-        AcceptanceInput,
         AcceptanceSuite,
         AgentTurnInput,
         AgentTurnResult,
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         BlobRef,
         Decision,
         DecisionInput,
+        EscalationState,
         GateReport,
         GateResult,
         OpenWorkspaceInput,
@@ -42,47 +43,13 @@ with workflow.unsafe.imports_passed_through():
         RunGatesInput,
         RunToolsInput,
         RunToolsResult,
+        TaskEscalation,
         TaskInput,
         TaskOutcome,
         TaskResult,
         Usage,
         WorkspaceRef,
     )
-
-MODEL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=8,
-)
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
-)
-RESOURCE_CLASS = {
-    ModelActivities.plan_run: "model",
-    ModelActivities.agent_turn: "model",
-    ModelActivities.review_change: "model",
-    ModelActivities.write_acceptance_tests: "model",
-    GateActivities.run_gates: "gates",
-}
-"""Which task queue an activity runs on; everything else (git, tools) runs with the workflows."""
-
-
-def queue_of(resource_class: str) -> str:
-    return queue_name(workflow.info().task_queue, resource_class)
-
-
-def queue_for(method: object) -> str:
-    return queue_of(RESOURCE_CLASS.get(method, "workflows"))  # type: ignore[call-overload]
-
-
-class Ended(Exception):
-    """Ends the task with an outcome and a reason."""
-
-    def __init__(self, outcome: TaskOutcome, reason: str) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
-        self.reason = reason
 
 
 @workflow.defn
@@ -131,6 +98,7 @@ class TaskWorkflow:
     async def run(self, input: TaskInput) -> TaskResult:
         attempts: list[AttemptRecord] = []
         usage = Usage()
+        suite: AcceptanceSuite | None = None
         try:
             ws: WorkspaceRef = await workflow.execute_activity_method(
                 WorkspaceActivities.open_workspace,
@@ -145,7 +113,7 @@ class TaskWorkflow:
                 retry_policy=STEP_RETRY,
             )
             self._sha = ws.sha
-            suite = await self._acceptance_suite(input)
+            suite = await held_out_suite(input, self._set_phase_text)
             if suite is not None:
                 usage = usage + suite.usage
             outcome, reason = await self._work(input, ws, suite, attempts)
@@ -166,6 +134,7 @@ class TaskWorkflow:
             reason=reason,
             usage=usage,
             decisions=self._desk.decisions,
+            notes=suite.notes if suite is not None else [],
         )
 
     async def _work(
@@ -219,43 +188,37 @@ class TaskWorkflow:
         """Wait, durably, for a person (or the policy's deadline) to decide."""
         self._phase = "escalated"
         memo = {"run_id": input.run_id, "task_id": input.task.id, "title": input.task.title}
+
+        async def tell_the_run(escalation: EscalationState | None) -> None:
+            # The run's summary (and `factory status`) shows the task as escalated, with why and since when.
+            parent = workflow.info().parent
+            if parent is None:
+                return
+            handle = workflow.get_external_workflow_handle(parent.workflow_id, run_id=parent.run_id)
+            try:
+                await handle.signal(
+                    TASK_ESCALATION_SIGNAL, TaskEscalation(task_id=input.task.id, escalation=escalation)
+                )
+            except ApplicationError as exc:  # the run is gone: the task's own state still says it all
+                workflow.logger.warning("could not tell the run about the escalation: %s", exc)
+
         decision = await self._desk.wait(
-            reason, input.policy.escalation, memo=memo, status_after="running", attempt=self._attempt, sha=self._sha
+            reason,
+            input.policy.escalation,
+            memo=memo,
+            status_after="running",
+            attempt=self._attempt,
+            sha=self._sha,
+            notify=tell_the_run,
         )
         self._phase = "deciding"
         return decision
 
+    def _set_phase_text(self, phase: str) -> None:
+        self._phase = phase
+
     def _set_search(self, status: str, *, needs_review: bool) -> None:
         workflow.upsert_search_attributes([STATUS.value_set(status), NEEDS_REVIEW.value_set(needs_review)])
-
-    async def _acceptance_suite(self, input: TaskInput) -> AcceptanceSuite | None:
-        """The task's held-out tests: the spec's, or written now from its acceptance criteria."""
-        if "acceptance" not in input.policy.gates:
-            return None
-        if input.acceptance is not None:
-            return input.acceptance
-        if not input.task.acceptance:
-            return None
-        self._phase = "writing acceptance tests"
-        try:
-            suite: AcceptanceSuite = await workflow.execute_activity_method(
-                ModelActivities.write_acceptance_tests,
-                AcceptanceInput(
-                    run_id=input.run_id,
-                    task=input.task,
-                    spec=input.spec,
-                    repo_path=input.repo_path,
-                    base_sha=input.base_sha,
-                    config=input.config,
-                ),
-                start_to_close_timeout=timedelta(seconds=input.config.timeouts.model_call_s),
-                heartbeat_timeout=timedelta(seconds=input.config.timeouts.heartbeat_s),
-                retry_policy=MODEL_RETRY,
-                task_queue=queue_of("model"),
-            )
-        except ActivityError as exc:
-            raise Ended("failed", f"could not write held-out acceptance tests: {_cause(exc)}") from exc
-        return suite
 
     async def _attempt_once(
         self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, feedback: str
@@ -280,7 +243,7 @@ class TaskWorkflow:
         self._phase = "agent"
         for turn in range(1, config.max_turns + 1):
             self._turn = turns = turn
-            answer: AgentTurnResult = await self._step(
+            answer: AgentTurnResult = await step(
                 ModelActivities.agent_turn,
                 AgentTurnInput(
                     run_id=input.run_id,
@@ -300,7 +263,7 @@ class TaskWorkflow:
             if not answer.tool_calls:
                 stop = "end_turn"
                 break
-            tools: RunToolsResult = await self._step(
+            tools: RunToolsResult = await step(
                 WorkspaceActivities.run_tools,
                 RunToolsInput(
                     run_id=input.run_id,
@@ -319,7 +282,7 @@ class TaskWorkflow:
             transcript = tools.transcript_ref
             self._sha = tools.sha
         self._phase = "gates"
-        report: GateReport = await self._step(
+        report: GateReport = await step(
             GateActivities.run_gates,
             RunGatesInput(
                 run_id=input.run_id,
@@ -332,6 +295,8 @@ class TaskWorkflow:
                 policy=input.policy,
                 task_type=input.task.type,
                 acceptance_ref=suite.files_ref if suite else None,
+                acceptance_selection=suite.selection if suite else None,
+                baseline=input.baseline,
             ),
             timeouts.gates_s,
             max(timeouts.heartbeat_s, 30.0),
@@ -340,7 +305,7 @@ class TaskWorkflow:
         gates = list(report.results)
         if report.passed and self._reviewed(input):
             self._phase = "review"
-            review: ReviewResult = await self._step(
+            review: ReviewResult = await step(
                 ModelActivities.review_change,
                 ReviewInput(
                     run_id=input.run_id,
@@ -376,20 +341,6 @@ class TaskWorkflow:
             transcript_ref=transcript,
         )
 
-    async def _step(self, method, arg, timeout_s: float, heartbeat_s: float, retry: RetryPolicy):  # type: ignore[no-untyped-def]
-        """An activity of the attempt; a non-retryable failure ends the task `failed` with its message."""
-        try:
-            return await workflow.execute_activity_method(
-                method,
-                arg,
-                start_to_close_timeout=timedelta(seconds=timeout_s),
-                heartbeat_timeout=timedelta(seconds=heartbeat_s),
-                retry_policy=retry,
-                task_queue=queue_for(method),
-            )
-        except ActivityError as exc:
-            raise Ended("failed", _cause(exc)) from exc
-
 
 def _review_gate(review: ReviewResult) -> GateResult:
     verdict = review.verdict
@@ -407,13 +358,3 @@ def _review_gate(review: ReviewResult) -> GateResult:
 
 def _feedback(gates: list[GateResult]) -> str:
     return GateReport(sha="", results=gates).feedback
-
-
-def _cause(exc: BaseException) -> str:
-    """The message of the first ApplicationError under an activity failure: the one written for people."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, ApplicationError) and current.message:
-            return current.message
-        current = current.__cause__
-    return str(exc)

@@ -10,10 +10,12 @@ One module per boundary, all re-exported here: `from darkfactory.contracts impor
 from __future__ import annotations
 
 from darkfactory.contracts.acceptance import (
+    AcceptanceCheck,
     AcceptanceInput,
     AcceptanceSuite,
     AcceptanceTestFile,
     AcceptanceTests,
+    CheckAcceptanceInput,
 )
 from darkfactory.contracts.agent import (
     AgentTurnInput,
@@ -88,6 +90,7 @@ from darkfactory.contracts.runs import (
 )
 from darkfactory.contracts.tasks import (
     AttemptRecord,
+    TaskEscalation,
     TaskInput,
     TaskOutcome,
     TaskResult,
@@ -99,6 +102,7 @@ from darkfactory.contracts.tasks import (
 __all__ = [
     "RUN_ID_PATTERN",
     "TASK_ID_PATTERN",
+    "AcceptanceCheck",
     "AcceptanceInput",
     "AcceptanceSuite",
     "AcceptanceTestFile",
@@ -112,6 +116,7 @@ __all__ = [
     "BlobRef",
     "CallContext",
     "CallPurpose",
+    "CheckAcceptanceInput",
     "Decision",
     "DecisionAction",
     "DecisionInput",
@@ -149,6 +154,7 @@ __all__ = [
     "ShipInput",
     "ShipMode",
     "ShipResult",
+    "TaskEscalation",
     "TaskInput",
     "TaskOutcome",
     "TaskResult",

@@ -8,6 +8,7 @@ from darkfactory.contracts.base import BlobRef, Frozen
 from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.messages import Usage
 from darkfactory.contracts.plans import PlannedTask
+from darkfactory.policy import Policy
 
 
 class AcceptanceInput(Frozen):
@@ -17,6 +18,11 @@ class AcceptanceInput(Frozen):
     repo_path: str
     base_sha: str
     config: RunConfig
+    attempt: int = 1
+    """Which writing this is: a later one rewrites tests that passed on the base already."""
+    max_attempts: int = 1
+    problem: str = ""
+    """Why the previous tests were not good enough (they pass on the base, so they prove nothing)."""
 
 
 class AcceptanceTestFile(Frozen):
@@ -36,3 +42,30 @@ class AcceptanceSuite(Frozen):
     files_ref: BlobRef | None = None
     names: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    selection: list[str] | None = None
+    """The held-out tests that gate the task: those failing on its base (file names or node ids in the suite).
+    None: not checked on the base, all of them gate."""
+    notes: list[str] = Field(default_factory=list)
+    """What happened to the suite before it gated anything: rewrites, tests dropped for passing on the base."""
+
+
+class CheckAcceptanceInput(Frozen):
+    run_id: str
+    task_id: str
+    repo_path: str
+    base_sha: str
+    """The task's base: a held-out test that passes there already proves nothing."""
+    files_ref: BlobRef
+    config: RunConfig
+    policy: Policy = Field(default_factory=Policy)
+
+
+class AcceptanceCheck(Frozen):
+    """The held-out tests run against the task's base."""
+
+    biting: list[str] = Field(default_factory=list)
+    """Fail on the base (file names or node ids): these gate the task."""
+    toothless: list[str] = Field(default_factory=list)
+    """Pass (or skip) on the base already."""
+    problem: str = ""
+    """Why they could not be run on the base; then all of them gate the task."""

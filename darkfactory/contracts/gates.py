@@ -43,6 +43,8 @@ class BaselineSummary(Frozen):
     flaky: list[str] = Field(default_factory=list)
     """Tests that failed in the full run but passed when re-run alone."""
     notes: list[str] = Field(default_factory=list)
+    details_ref: BlobRef | None = None
+    """The measuring runs' full output."""
     duration_s: float = 0.0
     cached: bool = False
     """Measured by an earlier run on the same base tree and test command."""

@@ -7,6 +7,7 @@ from pydantic import Field
 from darkfactory.contracts.acceptance import AcceptanceSuite
 from darkfactory.contracts.base import Frozen
 from darkfactory.contracts.config import ShipMode
+from darkfactory.contracts.gates import BaselineSummary
 from darkfactory.policy import Policy
 
 
@@ -25,6 +26,8 @@ class PreparedRun(Frozen):
     """`.factory/policy.toml` at the base commit (defaults where it has none)."""
     acceptance: AcceptanceSuite | None = None
     """The spec's held-out acceptance tests, stored in the blob store."""
+    baseline: BaselineSummary | None = None
+    """The base's suite, measured after preparing (set by the run workflow)."""
 
 
 class OpenWorkspaceInput(Frozen):

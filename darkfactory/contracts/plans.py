@@ -6,6 +6,7 @@ from pydantic import Field
 
 from darkfactory.contracts.base import TASK_ID_PATTERN, BlobRef, Frozen
 from darkfactory.contracts.config import RunConfig
+from darkfactory.contracts.gates import BaseFailure
 from darkfactory.contracts.messages import Usage
 from darkfactory.policy import TaskType
 
@@ -43,6 +44,10 @@ class PlanInput(Frozen):
     attempt: int = 1
     problem: str = ""
     """Why the previous plan was refused; the planner fixes it."""
+    base_failures: list[BaseFailure] = Field(default_factory=list)
+    """Tests that fail on the base commit (the first ones), so the plan can account for them."""
+    base_failed: int = 0
+    """How many tests fail on the base in all."""
 
 
 class PlanResult(Frozen):

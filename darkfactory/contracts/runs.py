@@ -8,13 +8,22 @@ from pydantic import Field
 
 from darkfactory.contracts.base import Frozen
 from darkfactory.contracts.config import ShipMode
-from darkfactory.contracts.gates import GateResult
+from darkfactory.contracts.gates import BaselineSummary, GateResult
 from darkfactory.contracts.messages import Usage
 from darkfactory.contracts.people import Decision
 from darkfactory.contracts.tasks import TaskSummary
 
 RunPhase = Literal[
-    "preparing", "planning", "running", "verifying", "shipping", "checking", "shipped", "failed", "cancelled"
+    "preparing",
+    "measuring",
+    "planning",
+    "running",
+    "verifying",
+    "shipping",
+    "checking",
+    "shipped",
+    "failed",
+    "cancelled",
 ]
 
 
@@ -43,6 +52,8 @@ class RunState(Frozen):
     decisions: list[Decision] = Field(default_factory=list)
     """Run-level decisions (after a rollback)."""
     final_gates: list[GateResult] = Field(default_factory=list)
+    baseline: BaselineSummary | None = None
+    """The base's suite, measured once at prepare: which tests fail there."""
     error: str = ""
 
     @property

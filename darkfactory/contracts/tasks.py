@@ -9,9 +9,9 @@ from pydantic import Field
 from darkfactory.contracts.acceptance import AcceptanceSuite
 from darkfactory.contracts.base import BlobRef, Frozen
 from darkfactory.contracts.config import RunConfig
-from darkfactory.contracts.gates import GateResult
+from darkfactory.contracts.gates import BaselineSummary, GateResult
 from darkfactory.contracts.messages import Usage
-from darkfactory.contracts.people import Decision
+from darkfactory.contracts.people import Decision, EscalationState
 from darkfactory.contracts.plans import PlannedTask
 from darkfactory.policy import Policy
 
@@ -21,7 +21,8 @@ TaskOutcome = Literal["passed", "failed", "rejected", "cancelled"]
 TerminalState = Literal["merged", "failed", "rejected", "cancelled"]
 
 
-TaskState = Literal["pending", "running", "merged", "failed", "rejected", "cancelled"]
+TaskState = Literal["pending", "running", "escalated", "merged", "failed", "rejected", "cancelled"]
+"""`escalated` is a wait for a person, not an end (see TerminalState)."""
 
 
 class AttemptRecord(Frozen):
@@ -53,6 +54,8 @@ class TaskInput(Frozen):
     """Why this round exists (a merge conflict, a regression); the first attempt's request carries it."""
     reset_branch: bool = False
     """Move the task branch to `base_sha` first (a new round starts from the new integration head)."""
+    baseline: BaselineSummary | None = None
+    """The run's base, measured once: the tests gate judges failures against it."""
 
 
 class TaskResult(Frozen):
@@ -64,6 +67,15 @@ class TaskResult(Frozen):
     reason: str
     usage: Usage
     decisions: list[Decision] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    """Things people should know that are not failures (held-out tests rewritten or dropped)."""
+
+
+class TaskEscalation(Frozen):
+    """A task tells its run that it waits for a person (`escalation`) or no longer does (None)."""
+
+    task_id: str
+    escalation: EscalationState | None = None
 
 
 class TaskSummary(Frozen):
@@ -78,3 +90,6 @@ class TaskSummary(Frozen):
     usage: Usage = Field(default_factory=Usage)
     decisions: list[Decision] = Field(default_factory=list)
     """Every human (or deadline) decision on this task, with who, when and the note."""
+    escalation: EscalationState | None = None
+    """While `escalated`: why, since when, until when."""
+    notes: list[str] = Field(default_factory=list)

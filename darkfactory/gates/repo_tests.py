@@ -113,8 +113,15 @@ class _PytestGate:
         counted = self.counted(run.failing)
         if not counted:
             return None
-        feedback = failures_feedback(counted, self._shown)
+        feedback = failures_feedback(sorted(counted, key=self._focus), self._shown)
         return self.result(False, self.ledger.tally(run, len(counted)) + suffix, feedback)
+
+    def _focus(self, item: Counted) -> int:
+        """Narrow tests first: one that executed few files on the base (a unit test of the changed code)
+        points at the problem more directly than an end-to-end test that runs everything."""
+        baseline = self.ctx.baseline
+        executed = baseline.coverage_tests.get(self._original(item.case.nodeid)) if baseline else None
+        return len(executed) if executed else 1 << 20
 
     def counted(self, failing: list[JUnitCase]) -> list[Counted]:
         """The failures that count; the others go to the ledger as quarantined, flaky or pre-existing."""

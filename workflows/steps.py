@@ -1,0 +1,83 @@
+"""How workflows run activities: retry policies, the task queue of each resource class, and failures.
+
+Model calls and gates run on task queues of their own (DESIGN §6), derived from the workflow's own queue
+so tests can use unique ones. A non-retryable activity failure ends a task `failed` with the message the
+activity wrote for people (`Ended`), never a traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.gates import GateActivities
+    from activities.model import ModelActivities
+    from darkfactory.constants import queue_name
+    from darkfactory.contracts import TaskOutcome
+
+MODEL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=8,
+)
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
+)
+RESOURCE_CLASS = {
+    ModelActivities.plan_run: "model",
+    ModelActivities.agent_turn: "model",
+    ModelActivities.review_change: "model",
+    ModelActivities.write_acceptance_tests: "model",
+    GateActivities.run_gates: "gates",
+    GateActivities.check_acceptance: "gates",
+    GateActivities.measure_base: "gates",
+}
+"""Which task queue an activity runs on; everything else (git, tools) runs with the workflows."""
+
+
+def queue_of(resource_class: str) -> str:
+    return queue_name(workflow.info().task_queue, resource_class)
+
+
+def queue_for(method: object) -> str:
+    return queue_of(RESOURCE_CLASS.get(method, "workflows"))  # type: ignore[call-overload]
+
+
+class Ended(Exception):
+    """Ends the task with an outcome and a reason."""
+
+    def __init__(self, outcome: TaskOutcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retry: RetryPolicy) -> Any:
+    """One activity of a task; a non-retryable failure ends the task `failed` with its message."""
+    try:
+        return await workflow.execute_activity_method(
+            method,
+            arg,
+            start_to_close_timeout=timedelta(seconds=timeout_s),
+            heartbeat_timeout=timedelta(seconds=heartbeat_s),
+            retry_policy=retry,
+            task_queue=queue_for(method),
+        )
+    except ActivityError as exc:
+        raise Ended("failed", cause_of(exc)) from exc
+
+
+def cause_of(exc: BaseException) -> str:
+    """The message of the first ApplicationError under an activity failure: the one written for people."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ApplicationError) and current.message:
+            return current.message
+        current = current.__cause__
+    return str(exc)
