@@ -132,6 +132,10 @@ async def test_a_task_that_never_passes_waits_in_the_queue_and_temporal_signal_a
         assert signal.returncode == 0, signal.stderr
         summary = await handle.result()
 
+    if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
+        from tests.test_replay import record_history
+
+        await record_history(client, request.run_id, "escalated_then_approved")
     slug = next(task for task in summary.tasks if task.id == "add-slugify")
     assert slug.state == "merged" and "approved by ana: known issue, ship it" in slug.reason
     [decision] = slug.decisions

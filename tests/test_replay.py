@@ -2,7 +2,9 @@
 
 A change that breaks determinism (a reordered activity, a new step without `workflow.patched`) fails
 here before it reaches a worker with runs in flight. Re-record after an intentional, versioned change:
-`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_factory_run.py -k happy_path`.
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_factory_run.py -k happy_path` and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_escalation.py -k signal_approve` (a task that escalates,
+tells its run, and is approved by a signal).
 """
 
 from __future__ import annotations
