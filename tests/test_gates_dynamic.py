@@ -151,6 +151,18 @@ def test_lint_only_notes_a_finding_already_on_the_base(tmp_path: Path, envs: Pat
     assert any("F401" in note and "already on the base commit" in note for note in notes)
 
 
+def test_lint_keeps_a_finding_an_edited_line_already_had_and_counts_a_different_one(tmp_path: Path, envs: Path) -> None:
+    with_finding = WORDS.replace('"""\n\n', '"""\n\nimport os, sys\n\nLIMIT = 1\n\n')
+    # The import line is reworded (same E401 and F401 as before); LIMIT now uses a name that does not exist.
+    edited = with_finding.replace("import os, sys", "import sys, os").replace("LIMIT = 1", "LIMIT = undefined_name")
+    ctx = change(tmp_path, envs, {"textkit/words.py": edited}, base={"textkit/words.py": with_finding})
+
+    passed, summary, feedback, _ = gate(ctx, "lint")
+
+    assert not passed and summary.startswith("ruff: 1 new finding(s)"), summary
+    assert "F821" in feedback and "E401" not in feedback and "F401" not in feedback
+
+
 # --------------------------------------------------------------------------------------------------
 # types
 

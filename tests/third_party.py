@@ -87,9 +87,9 @@ PACKAGES = (
         sha256="e2cfde8f79420f6deeffdeda9aaec3b6bc5abce947655d17ac662b126e48a60d",
         source_file="tabulate/__init__.py",
         upstream_line='    fmt = "{0:>%ds}" % width\n',
-        seeded_line='    fmt = "{0:<%ds}" % width\n',
-        wrong_line='    fmt = "{0:^%ds}" % width\n',
-        bug="right-aligned columns come out left-aligned",
+        seeded_line='    fmt = "{0:>%ds}" % (width - 1)\n',
+        wrong_line='    fmt = "{0:>%ds}" % (width + 1)\n',
+        bug="right-aligned cells are padded one character short",
     ),
     SeededPackage(
         name="isodate",
@@ -156,11 +156,14 @@ def seeded_repo(dest: Path, package: SeededPackage) -> Path:
     for egg_info in list(dest.rglob("*.egg-info")):
         shutil.rmtree(egg_info)
     git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
+    # The sdist is the source of truth: files its .gitignore names (a generated version.py) are part of it.
+    git(dest, "add", "-A", "--force")
     git(dest, "commit", "-q", "-m", f"upstream {package.name} {package.version}")
     source = dest / package.source_file
     text = source.read_text()
     assert text.count(package.upstream_line) == 1, f"{package.source_file} no longer has the line to seed"
+    # The scripted agent edits by str_replace, which needs the seeded and the wrong line to be unique.
+    assert package.seeded_line not in text and package.wrong_line not in text, f"{package.name}: lines not unique"
     source.write_text(text.replace(package.upstream_line, package.seeded_line))
     git(dest, "commit", "-q", "-am", "seed bug")
     return dest
@@ -211,7 +214,12 @@ def right_fix_after_wrong(package: SeededPackage) -> list[dict[str, Any]]:
 
 
 def fix_transcript(
-    directory: Path, package: SeededPackage, task_type: str, *attempts: list[dict[str, Any]], task_id: str = FIX_TASK
+    directory: Path,
+    package: SeededPackage,
+    task_type: str,
+    *attempts: list[dict[str, Any]],
+    task_id: str = FIX_TASK,
+    name: str = "transcript",
 ) -> Path:
     """A transcript: one task with no acceptance criteria (so no held-out tests), the given attempts, and a
     reviewer that approves every one."""
@@ -233,6 +241,7 @@ def fix_transcript(
         "tasks": {task_id: list(attempts)},
         "reviews": {task_id: [APPROVE] * len(attempts)},
     }
-    path = directory / f"{package.name}-transcript.json"
+    # A file per transcript: a worker loads each `scripted:PATH` once and keeps it.
+    path = directory / f"{package.name}-{name}.json"
     path.write_text(json.dumps(data, indent=1))
     return path

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +117,8 @@ def lint_gate(ctx: GateContext) -> GateResult:
                 notes.append("ruff did not run on the base commit: every finding counts as new")
             else:
                 new, old = new_only(findings, base_findings, lambda finding: finding.key)
+                carried = _on_edited_lines(ctx, new, [f for f in base_findings if f not in old])
+                new, old = [f for f in new if f not in carried], [*old, *carried]
     notes += listed_notes("already on the base commit", [str(finding) for finding in old])
     details = details_blob(ctx, outputs)
     already = f" ({len(old)} already on the base commit)" if old else ""
@@ -132,6 +136,28 @@ def lint_gate(ctx: GateContext) -> GateResult:
         details_ref=details,
         notes=notes,
     )
+
+
+def _on_edited_lines(ctx: GateContext, new: list[Finding], base: list[Finding]) -> list[Finding]:
+    """New findings that sit on a line the change edited where the base's version of that line had the same
+    finding: restoring or rewording a line does not add a problem it already had (one per base finding)."""
+    if not new or not base or ctx.base_worktree is None:
+        return []
+    carried: list[Finding] = []
+    for path in sorted({finding.path for finding in new}):
+        before = (tree_text(ctx.base_worktree, path) or "").splitlines()
+        after = (tree_text(ctx.worktree, path) or "").splitlines()
+        moved: dict[int, int] = {}
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+            if tag in ("equal", "replace"):
+                for offset in range(i2 - i1):
+                    moved[i1 + offset + 1] = j1 + min(offset, j2 - j1 - 1) + 1
+        waiting = Counter((f.code, moved.get(f.row)) for f in base if f.path == path)
+        for finding in (f for f in new if f.path == path):
+            if waiting[(finding.code, finding.row)] > 0:
+                waiting[(finding.code, finding.row)] -= 1
+                carried.append(finding)
+    return carried
 
 
 class _Lines:
