@@ -301,6 +301,10 @@ def test_a_new_test_written_into_an_existing_test_file_can_be_the_witness(calc: 
         ),
         ("addopts = -k in pytest.ini", {"pytest.ini": "[pytest]\naddopts = -k 'not test_add'\n"}),
         (
+            "a sitecustomize.py that sets PYTEST_ADDOPTS",
+            {"sitecustomize.py": "import os\n\nos.environ['PYTEST_ADDOPTS'] = \"-k 'not test_add'\"\n"},
+        ),
+        (
             "addopts = -k in pyproject.toml",
             {"pyproject.toml": PYPROJECT + "addopts = \"-k 'not test_add'\"\n"},
         ),
@@ -321,3 +325,23 @@ def test_a_test_task_may_edit_tests_and_its_own_versions_run(calc: Calc) -> None
 
     assert passed, summary
     assert summary == "3 passed"
+
+
+def test_code_that_makes_a_base_test_skip_counts_as_a_failure(calc: Calc) -> None:
+    skipping = OPS_BUGGY.replace("    return a - b\n", "    import pytest\n\n    pytest.skip('not today')\n")
+
+    passed, summary, feedback, _ = calc.judge({"calc/ops.py": skipping}, "refactor")
+
+    assert not passed, summary
+    assert "tests/test_ops.py::test_add: was skipped with your change; it ran on the base (failed there)" in feedback
+
+
+def test_a_new_test_that_fails_on_the_base_only_for_want_of_its_new_helper_is_no_witness(calc: Calc) -> None:
+    helper = "def expected():\n    return 'A!'\n"
+    test = "from tests.helpers import expected\nfrom calc.text import shout\n\n\ndef test_shout_helper():\n"
+    test += "    assert shout('a') == expected()\n"
+    files = {"tests/__init__.py": "", "tests/helpers.py": helper, "tests/test_helper.py": test, "calc/text.py": WHISPER}
+
+    passed, summary, _, _ = calc.judge(files, "feature")
+
+    assert not passed and summary.startswith("no witness"), summary

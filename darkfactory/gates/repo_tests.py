@@ -24,7 +24,15 @@ from darkfactory.gates.junit import PYTEST_NO_TESTS, JUnitCase, PytestRun, run_p
 from darkfactory.gates.selection import Affected, affected_tests, split_test_command
 from darkfactory.gates.suite import MAX_RECHECK, is_pytest, pytest_feedback, pytest_tally, run_tests
 from darkfactory.gates.trees import JudgedTree, judged_tree, witness_tree
-from darkfactory.gates.verdicts import WITNESS_TYPES, Counted, Ledger, failures_feedback, no_witness_feedback
+from darkfactory.gates.verdicts import (
+    WITNESS_TYPES,
+    Counted,
+    Ledger,
+    failures_feedback,
+    no_witness_feedback,
+    vanished,
+)
+from darkfactory.workspace import GitRun
 
 
 def _judged(ctx: GateContext, scratch: Path) -> JudgedTree | None:
@@ -77,7 +85,7 @@ class _PytestGate:
             if failed is not None:
                 return failed
         full = self.pytest(self.tree, self.ctx.test_command, "full")
-        failed = self.judge(full, "")
+        failed = self.judge(full, "") or self.judge_vanished(full)
         if failed is not None:
             return failed
         if self.ctx.purpose == "task" and self.ctx.task_type in WITNESS_TYPES:
@@ -115,6 +123,24 @@ class _PytestGate:
             return None
         feedback = failures_feedback(sorted(counted, key=self._focus), self._shown)
         return self.result(False, self.ledger.tally(run, len(counted)) + suffix, feedback)
+
+    def judge_vanished(self, full: PytestRun) -> GateResult | None:
+        """A base test that did not run (or was skipped) in the full suite counts as failing."""
+        baseline = self.ctx.baseline
+        if baseline is None or not baseline.per_test or full.cases is None:
+            return None
+        moved: set[str] = set()
+        if baseline.base_sha != self.ctx.base_sha:
+            since = GitRun(Path(self.ctx.repo_path))("diff", "--name-only", "-z", baseline.base_sha, self.ctx.base_sha)
+            moved = {path for path in since.split("\0") if path}
+        gone = vanished(baseline, full, self.ctx.policy.tests, self._original, moved)
+        if not gone:
+            return None
+        feedback = "Tests that ran on the base must run with your change too:\n" + "\n".join(
+            f"- {item.case.nodeid}: {item.case.message}" for item in gone[:20]
+        )
+        summary = f"{len(gone)} test(s) of the base did not run or were skipped"
+        return self.result(False, summary, feedback + (f"\n- ... and {len(gone) - 20} more" if len(gone) > 20 else ""))
 
     def _focus(self, item: Counted) -> int:
         """Narrow tests first: one that executed few files on the base (a unit test of the changed code)

@@ -3,9 +3,10 @@
 A change cannot weaken a test it cannot edit. Unless its task type allows test edits, the suite runs in the
 *judged tree*: the change's tree, but every test file, helper and `conftest.py` that exists on the base is
 the base's version, the pytest configuration files are the base's, and `conftest.py` files the change adds
-are left out (a conftest hook can deselect any test). Test files the change adds run as they are; a test
-file it edits runs as the base has it, and the change's version runs beside it as a copy, so new tests
-written into an existing file count too. An early `return` in a test, an edited expected constant, a
+are left out (a conftest hook can deselect any test), as are a new `sitecustomize.py` or package metadata
+(which could set PYTEST_ADDOPTS or load a plugin before any test runs). Test files the change adds run as
+they are; a test file it edits runs as the base has it, and the change's version runs beside it as a copy,
+so new tests written into an existing file count too. An early `return` in a test, an edited expected constant, a
 deselecting conftest hook or `addopts = -k ...` therefore change nothing about what the base's tests check.
 
 The *witness tree* is the base's tree plus the test files that only the judged tree has: a new test that
@@ -45,6 +46,15 @@ def is_pytest_config(path: str) -> bool:
 
 def is_conftest(path: str) -> bool:
     return os.path.basename(path) == "conftest.py"
+
+
+def runs_at_startup(path: str) -> bool:
+    """Files an interpreter or pytest picks up on its own from a directory on sys.path: `sitecustomize.py`,
+    `usercustomize.py`, and installed-package metadata (a `pytest11` entry point there loads a plugin)."""
+    parts = path.split("/")
+    return parts[-1] in ("sitecustomize.py", "usercustomize.py") or any(
+        part.endswith((".dist-info", ".egg-info")) for part in parts[:-1]
+    )
 
 
 def _guarded(path: str) -> bool:
@@ -120,7 +130,7 @@ def judged_tree(
                 edits[copy] = change[path]
                 copies[copy] = path
     for added in change:
-        if added not in base and (is_conftest(added) or is_pytest_config(added)):
+        if added not in base and (is_conftest(added) or is_pytest_config(added) or runs_at_startup(added)):
             edits[added] = None
             dropped.append(added)
     new_tests = sorted({path for path in change if path not in base and is_test_path(path)} - set(dropped))

@@ -7,9 +7,10 @@ exception is listed, never silent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from darkfactory.gates.baseline_data import Baseline
 from darkfactory.gates.common import MAX_ITEMS, listed_notes
 from darkfactory.gates.junit import JUnitCase, PytestRun
 from darkfactory.policy import QuarantinedTest, SuiteRules, TaskType
@@ -79,6 +80,30 @@ class Ledger:
             ),
             *self.notes,
         ]
+
+
+def vanished(
+    baseline: Baseline,
+    run: PytestRun,
+    rules: SuiteRules,
+    original: Callable[[str], str],
+    moved_files: Collection[str] = (),
+) -> list[Counted]:
+    """Base tests that did not run now, or were skipped now: whatever made them disappear (a deselecting hook,
+    a plugin, code that skips), a test the base ran must run. Tests skipped on the base, quarantined ones and
+    those in `moved_files` (test files changed since the base was measured) are not asked for."""
+    outcomes = {original(case.nodeid): case.outcome for case in run.cases or []}
+    gone: list[Counted] = []
+    for nodeid, before in sorted(baseline.outcomes.items()):
+        path = nodeid.split("::", 1)[0]
+        if before == "skipped" or "::" not in nodeid or path in moved_files or rules.quarantined(nodeid):
+            continue
+        now = outcomes.get(nodeid)
+        if now is None or now == "skipped":
+            what = "did not run" if now is None else "was skipped"
+            message = f"{what} with your change; it ran on the base ({before} there)"
+            gone.append(Counted(JUnitCase(nodeid, "failed", message=message), before != "passed", what))
+    return gone
 
 
 def _headline(case: JUnitCase, shown: Callable[[str], str]) -> str:
