@@ -203,7 +203,10 @@ class GateActivities:
     def _baseline(self, summary: BaselineSummary | None) -> Baseline | None:
         if summary is None or summary.ref is None:
             return None
-        return Baseline.model_validate(self._blobs.get_json(summary.ref))
+        measured = Baseline.model_validate(self._blobs.get_json(summary.ref))
+        # A measurement is cached by tree: it may have been made on another commit (another repository, even)
+        # with the same tree. The commit that matters here is this run's.
+        return measured.model_copy(update={"base_sha": summary.base_sha})
 
     def _no_environment(self, input: RunGatesInput, exc: TargetEnvError) -> GateReport:
         failed = GateResult(

@@ -3,6 +3,8 @@
 - `factory_run.py`  FactoryRunWorkflow: prepare -> plan -> tasks -> merge -> verify -> ship -> summary
 - `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback -> escalate
 - `merge_queue.py`  MergeQueue: one merge at a time into the integration branch, regression-checked
+- `shipping.py`     Shipping: ship the verified head, post-ship check, rollback, wait for a person
+- `run_book.py`     RunBook: the run's state and the search attributes that mirror it; RunFailed
 - `held_out.py`     held-out acceptance tests checked on the task's base (rewritten or dropped when they do not bite)
 - `steps.py`        retry policies, task queues per resource class, activity failures ending a task
 - `escalation.py`   DecisionDesk: waiting for a person (search attributes, memo, deadline), recording decisions

@@ -15,8 +15,10 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
-from workflows.escalation import NEEDS_REVIEW, REPO, STATUS, DecisionDesk
+from workflows.escalation import REPO, STATUS, DecisionDesk
 from workflows.merge_queue import MergeQueue
+from workflows.run_book import RunBook, RunFailed, failing_gates
+from workflows.shipping import Shipping
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import INVALID_PLAN
@@ -26,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.constants import TASK_ESCALATION_SIGNAL, task_workflow_id
     from darkfactory.contracts import (
         BaselineSummary,
-        Decision,
         DecisionInput,
         GateReport,
         MeasureBaseInput,
@@ -36,13 +37,9 @@ with workflow.unsafe.imports_passed_through():
         PlanResult,
         PreparedRun,
         PrepareRunInput,
-        RevertShippedInput,
         RunGatesInput,
-        RunPhase,
         RunRequest,
         RunState,
-        ShipInput,
-        ShipResult,
         TaskEscalation,
         TaskInput,
         TaskResult,
@@ -60,26 +57,23 @@ MERGE_ROUNDS = 3
 """Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
 
 
-class RunFailed(Exception):
-    """Ends the run as `failed` with a message for the summary."""
-
-
 @workflow.defn
 class FactoryRunWorkflow:
     def __init__(self) -> None:
-        self._state: RunState | None = None
+        self._book = RunBook()
         self._queue = MergeQueue(self._activity)
         self._desk = DecisionDesk()
+        self._shipping = Shipping(self._book, self._desk, self._activity)
 
     @workflow.query
     def status(self) -> RunState | None:
         """The live state of the run (None only before the run method starts)."""
-        return self._state
+        return self._book.state
 
     @workflow.run
     async def run(self, request: RunRequest) -> RunState:
         config = request.config
-        self._state = RunState(
+        self._book.state = RunState(
             run_id=request.run_id,
             repo_path=request.repo_path,
             base_branch=request.base_branch,
@@ -88,22 +82,22 @@ class FactoryRunWorkflow:
             phase="preparing",
             ship_mode=config.ship,
         )
-        self._set_phase("preparing")
+        self._book.set_phase("preparing")
         try:
             await self._run(request)
         except RunFailed as exc:
-            self._update(error=str(exc))
-            self._set_phase("failed")
+            self._book.update(error=str(exc))
+            self._book.set_phase("failed")
         except asyncio.CancelledError:
             # A person cancelled the run: children are cancelled with it (each ends `cancelled`), an
             # in-flight merge is finished first (see MergeQueue.merge), and the branches stay for inspection.
-            for task in self._require_state().tasks:
+            for task in self._book.current.tasks:
                 if task.state in ("pending", "running", "escalated"):
-                    self._set_task(task.id, state="cancelled", reason="the run was cancelled")
-            self._update(error="the run was cancelled; its branches are kept for inspection")
-            self._set_phase("cancelled")
+                    self._book.set_task(task.id, state="cancelled", reason="the run was cancelled")
+            self._book.update(error="the run was cancelled; its branches are kept for inspection")
+            self._book.set_phase("cancelled")
         await self._release(request)
-        return self._require_state()
+        return self._book.current
 
     async def _run(self, request: RunRequest) -> None:
         config = request.config
@@ -118,9 +112,9 @@ class FactoryRunWorkflow:
             ),
             timeouts.git_s,
         )
-        self._update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
+        self._book.update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
 
-        self._set_phase("measuring")
+        self._book.set_phase("measuring")
         baseline: BaselineSummary = await self._activity(
             GateActivities.measure_base,
             MeasureBaseInput(
@@ -133,25 +127,25 @@ class FactoryRunWorkflow:
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
         )
-        self._update(baseline=baseline)
+        self._book.update(baseline=baseline)
         prepared = prepared.model_copy(update={"baseline": baseline})
 
-        self._set_phase("planning")
+        self._book.set_phase("planning")
         planned = await self._plan(request, prepared)
         plan = planned.plan
-        self._update(
+        self._book.update(
             plan_summary=plan.summary,
             tasks=[TaskSummary(id=task.id, title=task.title, state="pending") for task in plan.tasks],
-            usage=self._require_state().usage + planned.usage,
+            usage=self._book.current.usage + planned.usage,
         )
 
-        self._set_phase("running")
+        self._book.set_phase("running")
         head = await self._run_tasks(request, plan, prepared)
-        not_merged = [task.id for task in self._require_state().tasks if task.state != "merged"]
+        not_merged = [task.id for task in self._book.current.tasks if task.state != "merged"]
         if not_merged:
             raise RunFailed(f"{len(not_merged)} task(s) did not merge: {', '.join(not_merged)}; nothing shipped")
 
-        self._set_phase("verifying")
+        self._book.set_phase("verifying")
         report: GateReport = await self._activity(
             GateActivities.run_gates,
             RunGatesInput(
@@ -170,105 +164,26 @@ class FactoryRunWorkflow:
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
         )
-        self._update(final_gates=report.results)
+        self._book.update(final_gates=report.results)
         if not report.passed:
-            raise RunFailed("the integration branch failed its gates after merging: " + _failing(report))
+            raise RunFailed("the integration branch failed its gates after merging: " + failing_gates(report))
 
-        self._set_phase("shipping")
-        ship_input = ShipInput(
-            run_id=request.run_id,
-            repo_path=request.repo_path,
-            base_branch=request.base_branch,
-            base_sha=prepared.base_sha,
-            integration_branch=prepared.integration_branch,
-            integration_sha=head,
-            mode=config.ship,
-            remote=config.remote,
-            github_repo=config.github_repo,
-            title=f"factory: {self._require_state().plan_summary}"[:200],
-            body=_pull_request_body(self._require_state()),
-        )
-        shipped: ShipResult = await self._activity(WorkspaceActivities.ship_run, ship_input, timeouts.git_s)
-        self._update(
-            shipped_sha=shipped.shipped_sha, shipped_to=shipped.target, pull_request_url=shipped.pull_request_url
-        )
-        await self._check_shipped(request, prepared, ship_input, shipped.shipped_sha)
-        self._set_phase("shipped")
-
-    async def _check_shipped(self, request: RunRequest, prepared: PreparedRun, ship: ShipInput, sha: str) -> None:
-        """Run the policy's post-ship check on what shipped; on failure revert it and wait for a person."""
-        check = prepared.policy.commands.post_ship_check
-        if not check:
-            return
-        timeouts = request.config.timeouts
-        self._set_phase("checking")
-        report: GateReport = await self._activity(
-            GateActivities.run_gates,
-            RunGatesInput(
-                run_id=request.run_id,
-                task_id="_post_ship",
-                attempt=1,
-                repo_path=request.repo_path,
-                sha=sha,
-                base_sha=prepared.base_sha,
-                config=request.config.model_copy(update={"test_command": check}),
-                policy=prepared.policy.model_copy(update={"gates": ["tests"]}),
-                purpose="post_ship",
-            ),
-            timeouts.gates_s,
-            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
-        )
-        self._update(post_ship_check=report.results)
-        if report.passed:
-            return
-        reason = f"the post-ship check failed: {_failing(report)}"
-        revert: str = await self._activity(
-            WorkspaceActivities.revert_shipped,
-            RevertShippedInput(
-                run_id=request.run_id,
-                repo_path=request.repo_path,
-                ship=ship,
-                shipped_sha=sha,
-                reason=reason,
-                commit_time=int(workflow.now().timestamp()),
-            ),
-            timeouts.git_s,
-        )
-        self._update(rolled_back_sha=revert)
-        decision = await self._escalate(request, prepared, f"{reason}; the shipped change was reverted")
-        if decision.action != "approve":
-            raise RunFailed(
-                f"{reason}; the shipped change was reverted by {revert[:12]} and stays reverted "
-                f"({decision.action} by {decision.by})"
-            )
-        # A person accepts the change despite the check: restore it, delivered the same way.
-        restored: str = await self._activity(
-            WorkspaceActivities.revert_shipped,
-            RevertShippedInput(
-                run_id=request.run_id,
-                repo_path=request.repo_path,
-                ship=ship.model_copy(update={"base_sha": sha}),
-                shipped_sha=revert,
-                reason=f"restored: approved by {decision.by}",
-                commit_time=int(workflow.now().timestamp()),
-            ),
-            timeouts.git_s,
-        )
-        self._update(shipped_sha=restored)
+        await self._shipping.ship(request, prepared, head)
+        self._book.set_phase("shipped")
 
     # -- people --------------------------------------------------------------------------------------
 
     @workflow.signal(name=TASK_ESCALATION_SIGNAL)
     def task_escalation(self, update: TaskEscalation) -> None:
         """A task started (or stopped) waiting for a person: the run's state shows it as `escalated`."""
-        state = self._state
+        state = self._book.state
         task = next((t for t in state.tasks if t.id == update.task_id), None) if state else None
         if task is None or task.state not in ("running", "escalated"):
             return  # late or unknown: the task's own result decides its state
         if update.escalation is None:
-            self._set_task(task.id, state="running", escalation=None)
+            self._book.set_task(task.id, state="running", escalation=None)
         else:
-            self._set_task(task.id, state="escalated", escalation=update.escalation)
+            self._book.set_task(task.id, state="escalated", escalation=update.escalation)
 
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:
@@ -279,17 +194,6 @@ class FactoryRunWorkflow:
     def reject(self, input: DecisionInput | None = None) -> None:
         """After a rollback: keep it reverted; the run ends failed."""
         self._desk.answer("reject", input)
-
-    async def _escalate(self, request: RunRequest, prepared: PreparedRun, reason: str) -> Decision:
-        decision = await self._desk.wait(
-            reason,
-            prepared.policy.escalation,
-            memo={"run_id": request.run_id, "task_id": ""},
-            status_after=None,
-            sha=self._require_state().shipped_sha or "",
-        )
-        self._update(decisions=list(self._desk.decisions))
-        return decision
 
     async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
         """Ask for a plan; an invalid one goes back to the planner with the problem, a bounded number of times."""
@@ -332,12 +236,14 @@ class FactoryRunWorkflow:
         started: set[str] = set()
         running: dict[str, asyncio.Task[None]] = {}
         while True:
-            ended = {t.id for t in self._require_state().tasks if t.state not in ("pending", "running", "escalated")}
-            merged = {t.id for t in self._require_state().tasks if t.state == "merged"}
+            ended = {t.id for t in self._book.current.tasks if t.state not in ("pending", "running", "escalated")}
+            merged = {t.id for t in self._book.current.tasks if t.state == "merged"}
             for task_id, culprit in blocked_by(plan, ended - merged).items():
                 if task_id not in started:
                     started.add(task_id)
-                    self._set_task(task_id, state="failed", reason=f"not started: dependency {culprit!r} did not merge")
+                    self._book.set_task(
+                        task_id, state="failed", reason=f"not started: dependency {culprit!r} did not merge"
+                    )
             for task in ready_tasks(plan, merged, started):
                 if len(running) >= request.config.max_parallel:
                     break
@@ -362,7 +268,7 @@ class FactoryRunWorkflow:
         summary: dict[str, object] = {}
         for merge_round in range(1, MERGE_ROUNDS + 1):
             base = self._queue.head
-            self._set_task(task.id, state="running")
+            self._book.set_task(task.id, state="running")
             try:
                 result: TaskResult = await workflow.execute_child_workflow(
                     TaskWorkflow.run,
@@ -386,10 +292,10 @@ class FactoryRunWorkflow:
                     ),
                 )
             except ChildWorkflowError as exc:
-                self._set_task(task.id, state="failed", reason=f"task workflow failed: {cause_of(exc)}")
+                self._book.set_task(task.id, state="failed", reason=f"task workflow failed: {cause_of(exc)}")
                 return
             first_attempt += len(result.attempts)
-            previous = self._task(task.id)
+            previous = self._book.task(task.id)
             summary = {
                 "attempts": previous.attempts + len(result.attempts),
                 "usage": previous.usage + result.usage,
@@ -398,10 +304,10 @@ class FactoryRunWorkflow:
                 "notes": result.notes,
                 "escalation": None,
             }
-            self._update(usage=self._require_state().usage + result.usage)
+            self._book.update(usage=self._book.current.usage + result.usage)
             if result.outcome != "passed" or result.final_sha is None:
                 ended_as: TaskState = "failed" if result.outcome == "passed" else result.outcome
-                self._set_task(task.id, state=ended_as, reason=result.reason, **summary)
+                self._book.set_task(task.id, state=ended_as, reason=result.reason, **summary)
                 return
             problem = await self._queue.merge(
                 request, task, prepared, base, result.final_sha, lambda: self._set_merged(task.id)
@@ -409,20 +315,17 @@ class FactoryRunWorkflow:
             if not problem:
                 head = self._queue.head
                 reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
-                self._set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
+                self._book.set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
                 return
             feedback = problem
-            self._set_task(task.id, state="running", **summary)
-        self._set_task(
+            self._book.set_task(task.id, state="running", **summary)
+        self._book.set_task(
             task.id, state="failed", reason=f"not merged after {MERGE_ROUNDS} round(s): {feedback[:300]}", **summary
         )
 
     def _set_merged(self, task_id: str) -> None:
         head = self._queue.head
-        self._set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
-
-    def _task(self, task_id: str) -> TaskSummary:
-        return next(task for task in self._require_state().tasks if task.id == task_id)
+        self._book.set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
 
     async def _activity(
         self,
@@ -457,40 +360,6 @@ class FactoryRunWorkflow:
         except ActivityError:
             workflow.logger.warning("could not release the run's worktrees; they are only caches")
 
-    # -- state -------------------------------------------------------------------------------------
-
-    def _require_state(self) -> RunState:
-        if self._state is None:
-            raise ApplicationError("run state missing", non_retryable=True)
-        return self._state
-
-    def _update(self, **changes: object) -> None:
-        self._state = self._require_state().model_copy(update=changes)
-
-    def _set_phase(self, phase: RunPhase) -> None:
-        self._update(phase=phase)
-        state = self._require_state()
-        workflow.upsert_search_attributes(
-            [STATUS.value_set(phase), REPO.value_set(state.repo_path), NEEDS_REVIEW.value_set(False)]
-        )
-
-    def _set_task(self, task_id: str, *, state: TaskState, **changes: object) -> None:
-        tasks = [
-            task.model_copy(update={"state": state, **changes}) if task.id == task_id else task
-            for task in self._require_state().tasks
-        ]
-        self._update(tasks=tasks)
-
-
-def _pull_request_body(state: RunState) -> str:
-    lines = [f"Built by darkfactory run `{state.run_id}` from a spec; every task passed its gates.", ""]
-    lines += [f"- `{task.id}`: {task.title} ({task.attempts} attempt(s))" for task in state.tasks]
-    return "\n".join(lines)
-
 
 def _integration_gates(prepared: PreparedRun) -> list[GateName]:
     return [gate for gate in prepared.policy.gates if gate not in ("scope", "acceptance", "review")]
-
-
-def _failing(report: GateReport) -> str:
-    return "; ".join(f"{result.gate}: {result.summary}" for result in report.results if not result.passed)

@@ -9,10 +9,11 @@ problem for the task's next round on the new head.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from temporalio import workflow
+
+from workflows.steps import ActivityRunner
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
@@ -27,9 +28,6 @@ with workflow.unsafe.imports_passed_through():
         RunGatesInput,
         RunRequest,
     )
-
-ActivityRunner = Callable[..., Awaitable[Any]]
-"""The workflow's way of running an activity (its timeouts, queues and failure handling)."""
 
 
 class MergeQueue:

@@ -7,6 +7,7 @@ activity wrote for people (`Ended`), never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +40,10 @@ RESOURCE_CLASS = {
     GateActivities.measure_base: "gates",
 }
 """Which task queue an activity runs on; everything else (git, tools) runs with the workflows."""
+
+
+ActivityRunner = Callable[..., Awaitable[Any]]
+"""A workflow's way of running an activity (its timeouts, queues and failure handling)."""
 
 
 def queue_of(resource_class: str) -> str:
