@@ -13,7 +13,7 @@ from temporalio.client import Client
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from darkfactory.workspace import list_branches
-from tests.conftest import DEMO, demo_transcript, edited_transcript, git, request_for, run_to_end
+from tests.conftest import DEMO, demo_transcript, edited_transcript, git, make_repo, request_for, run_to_end
 
 
 async def test_happy_path_merges_every_task_and_fast_forwards_main(
@@ -165,3 +165,18 @@ async def test_an_invalid_plan_goes_back_to_the_planner_with_the_problem_and_the
     assert len(plans) == 2
     retry = json.dumps(plans[1].body["messages"][0])
     assert "Planning attempt 2" in retry and "Your previous plan was refused" in retry and "dependency cycle" in retry
+
+
+async def test_a_base_measured_once_is_reused_for_another_commit_with_the_same_tree(
+    client: Client, factory_home: Path, tmp_path: Path
+) -> None:
+    first, second = make_repo(tmp_path / "first"), make_repo(tmp_path / "second")
+    git(second, "commit", "-q", "--amend", "--no-edit", "--date=@1000000000")  # same tree, another commit
+    assert git(first, "rev-parse", "HEAD") != git(second, "rev-parse", "HEAD")
+    model = f"scripted:{DEMO / 'transcript.json'}"
+
+    summaries = [await run_to_end(client, factory_home, request_for(repo, model)) for repo in (first, second)]
+
+    assert all(summary.succeeded for summary in summaries), [s.error for s in summaries]
+    reused = summaries[1].baseline
+    assert reused is not None and reused.cached and reused.base_sha == git(second, "rev-parse", "HEAD~2")
