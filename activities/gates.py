@@ -6,10 +6,12 @@ hands plain inputs to the domain library.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -37,7 +39,7 @@ from darkfactory.gates.baseline_data import Baseline
 from darkfactory.policy import Policy
 from darkfactory.sandbox import CREDENTIAL_MARKERS
 from darkfactory.settings import FactorySettings
-from darkfactory.target_env import TargetEnvError, ensure_target_env
+from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
 
 log = structlog.get_logger(__name__)
 MIN_SECRET_LENGTH = 8
@@ -89,19 +91,8 @@ class GateActivities:
             except (OSError, ValidationError):
                 log.warning("baseline_cache_unreadable", path=str(cached))
         with tempfile.TemporaryDirectory(prefix="factory-base-") as scratch:
-            ctx = GateContext(
-                worktree=worktree,
-                sha=input.base_sha,
-                changed=[],
-                env=env,
-                blobs=self._blobs,
-                test_command=test_command,
-                timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
-                on_tick=tick,
-                repo_path=input.repo_path,
-                base_sha=input.base_sha,
-                policy=input.policy,
-            )
+            ctx = self._one_commit(worktree, input.base_sha, env, test_command, input.config, tick)
+            ctx = dataclasses.replace(ctx, repo_path=input.repo_path, policy=input.policy)
             baseline, output = measure_base(ctx, Path(scratch))
         summary = baseline.summary(self._blobs.put_json(baseline.model_dump(mode="json"))).model_copy(
             update={"details_ref": self._blobs.put_text(output)}
@@ -131,15 +122,8 @@ class GateActivities:
             return AcceptanceCheck(problem=f"the base's test environment could not be set up: {str(exc)[-300:]}")
         with tempfile.TemporaryDirectory(prefix="factory-acceptance-") as scratch:
             (Path(scratch) / "reports").mkdir()
-            ctx = GateContext(
-                worktree=worktree,
-                sha=input.base_sha,
-                changed=[],
-                env=env,
-                blobs=self._blobs,
-                test_command=test_command,
-                timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
-                on_tick=tick,
+            ctx = dataclasses.replace(
+                self._one_commit(worktree, input.base_sha, env, test_command, input.config, tick),
                 acceptance_dir=self._materialise_acceptance(input.files_ref, Path(scratch)),
                 scratch=Path(scratch) / "reports",
             )
@@ -199,6 +183,28 @@ class GateActivities:
                 duration_s=result.duration_s,
             )
         return report
+
+    def _one_commit(
+        self,
+        worktree: Path,
+        sha: str,
+        env: TargetEnv,
+        test_command: list[str],
+        config: RunConfig,
+        tick: Callable[[], None],
+    ) -> GateContext:
+        """What running tests on one commit needs, with no change to judge (a base, measured or checked)."""
+        return GateContext(
+            worktree=worktree,
+            sha=sha,
+            changed=[],
+            env=env,
+            blobs=self._blobs,
+            test_command=test_command,
+            timeout_s=max(config.timeouts.gates_s - 60.0, 30.0),
+            on_tick=tick,
+            base_sha=sha,
+        )
 
     def _baseline(self, summary: BaselineSummary | None) -> Baseline | None:
         if summary is None or summary.ref is None:

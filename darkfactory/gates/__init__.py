@@ -5,9 +5,10 @@ Each gate returns a binary verdict, a one-line summary, compact feedback for the
 items with a little context, bounded in size — aider's linter does the same) and the full output as a blob.
 Nothing here calls a model: code that does not compile never reaches a reviewer.
 
-A gate judges the change, not the repository. Lint findings and type errors already present on the base
-commit, tests that fail there too, and tests that pass on an immediate re-run (flaky) are notes, not
-failures: an agent cannot be asked to fix what it did not break.
+A gate judges the change, not the repository: lint findings and type errors already present on the base
+commit are notes. A failing test is different: it counts unless it is quarantined, flaky (passes re-run
+alone), or failed on the base too *and* the change does not affect it (see `repo_tests.py`). A test that
+was red before and that the change touches is exactly what must not be merged red.
 
 The code under test writes the worktree and the scratch directory, so the host reads anything there without
 following symlinks and only from regular files: a planted link must not pull, say, the worker's ssh key

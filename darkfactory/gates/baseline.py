@@ -43,15 +43,8 @@ def measure_base(ctx: GateContext, scratch: Path) -> tuple[Baseline, str]:
     started = time.monotonic()
     if not is_pytest(ctx.test_command):
         result = run_tests(ctx)
-        baseline = Baseline(
-            base_sha=ctx.sha,
-            test_command=list(ctx.test_command),
-            per_test=False,
-            exit_code=result.returncode,
-            notes=["the test command is not pytest: only its exit code is known, not which tests fail"],
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        return baseline, transcript(result)
+        note = "the test command is not pytest: only its exit code is known, not which tests fail"
+        return _exit_code_only(ctx, result.returncode, [note], started), transcript(result)
     outputs: list[str] = []
     notes: list[str] = []
     tools = tool_dir(ctx.env.root.parent, "coverage", COVERAGE_TOOLS, requirements=False)
@@ -84,15 +77,7 @@ def measure_base(ctx: GateContext, scratch: Path) -> tuple[Baseline, str]:
             notes.append("per-test coverage could not be read back; affected tests come from the import graph")
     if run.cases is None:
         notes.append("the base's suite gave no readable report (" + _last_line(run) + ")")
-        baseline = Baseline(
-            base_sha=ctx.sha,
-            test_command=list(ctx.test_command),
-            per_test=False,
-            exit_code=run.result.returncode,
-            notes=notes,
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        return baseline, "\n\n".join(outputs)
+        return _exit_code_only(ctx, run.result.returncode, notes, started), "\n\n".join(outputs)
     outcomes: dict[str, BaseOutcome] = {case.nodeid: case.outcome for case in run.cases}
     messages = {case.nodeid: _first_line(case.message or case.text) for case in run.failing}
     flaky = _flaky(ctx, run, scratch, outputs, notes)
@@ -113,6 +98,18 @@ def measure_base(ctx: GateContext, scratch: Path) -> tuple[Baseline, str]:
         duration_s=round(time.monotonic() - started, 3),
     )
     return baseline, "\n\n".join(outputs)
+
+
+def _exit_code_only(ctx: GateContext, exit_code: int, notes: list[str], started: float) -> Baseline:
+    """A base known only by its test command's exit code: every failure of a change will count."""
+    return Baseline(
+        base_sha=ctx.sha,
+        test_command=list(ctx.test_command),
+        per_test=False,
+        exit_code=exit_code,
+        notes=notes,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _flaky(ctx: GateContext, run: PytestRun, scratch: Path, outputs: list[str], notes: list[str]) -> list[str]:
