@@ -345,3 +345,10 @@ def test_a_new_test_that_fails_on_the_base_only_for_want_of_its_new_helper_is_no
     passed, summary, _, _ = calc.judge(files, "feature")
 
     assert not passed and summary.startswith("no witness"), summary
+
+
+def test_a_test_task_may_delete_a_test_and_that_test_is_not_asked_for(calc: Calc) -> None:
+    passed, summary, _, _ = calc.judge({"tests/test_text.py": None}, task_type="test")
+
+    assert passed, summary
+    assert summary == "1 passed, 1 pre-existing failure"

@@ -129,10 +129,17 @@ class _PytestGate:
         baseline = self.ctx.baseline
         if baseline is None or not baseline.per_test or full.cases is None:
             return None
+        # Test files that may rightly differ from the measured base: changed since it was measured (the task
+        # branched from a later head), or changed by this very change where its own tests are the ones that run
+        # (a `test` task may delete a test; a merge or the integration branch holds such tasks' work).
         moved: set[str] = set()
+        git = GitRun(Path(self.ctx.repo_path))
         if baseline.base_sha != self.ctx.base_sha:
-            since = GitRun(Path(self.ctx.repo_path))("diff", "--name-only", "-z", baseline.base_sha, self.ctx.base_sha)
-            moved = {path for path in since.split("\0") if path}
+            moved |= {
+                p for p in git("diff", "--name-only", "-z", baseline.base_sha, self.ctx.base_sha).split("\0") if p
+            }
+        if self.judged is None or self.ctx.policy.rules_for(self.ctx.task_type).allow_test_edits:
+            moved |= {p for p in git("diff", "--name-only", "-z", self.ctx.base_sha, self.ctx.sha).split("\0") if p}
         gone = vanished(baseline, full, self.ctx.policy.tests, self._original, moved)
         if not gone:
             return None
