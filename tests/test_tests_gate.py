@@ -46,6 +46,10 @@ BASE = {
 }
 
 
+MEASURED: dict[str, Baseline] = {}
+"""Base measurements by tree, for the module (most tests judge a change against the same base)."""
+
+
 @pytest.fixture(scope="module")
 def envs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("envs")
@@ -92,11 +96,14 @@ class Calc:
         )
 
     def measure(self, sha: str) -> Baseline:
-        ctx = self.context(sha, sha, f"measure-{sha[:8]}")
-        scratch = self.tmp / f"scratch-{sha[:8]}"
-        scratch.mkdir()
-        baseline, _ = measure_base(ctx, scratch)
-        return baseline
+        """The base measured as a run measures it; once per tree for the module, as a run caches it."""
+        tree = git(self.repo, "rev-parse", f"{sha}^{{tree}}")
+        if tree not in MEASURED:
+            ctx = self.context(sha, sha, f"measure-{sha[:8]}")
+            scratch = self.tmp / f"scratch-{sha[:8]}"
+            scratch.mkdir()
+            MEASURED[tree], _ = measure_base(ctx, scratch)
+        return MEASURED[tree].model_copy(update={"base_sha": sha})
 
     def judge(
         self,

@@ -13,6 +13,7 @@ as "fails on the base, passes now"; without one a feature or bug fix needs a per
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ from darkfactory.gates.verdicts import (
     vanished,
 )
 from darkfactory.workspace import GitRun
+
+AFFECTED_FIRST_MIN_S = 10.0
+"""Seconds the base's whole suite took (with coverage) from which the affected tests run first, alone."""
 
 
 def _judged(ctx: GateContext, scratch: Path) -> JudgedTree | None:
@@ -72,13 +76,21 @@ class _PytestGate:
         self.judged = _judged(ctx, scratch)
         self.tree = self.judged.path if self.judged else ctx.worktree
         self.ledger.notes.extend(_tree_notes(ctx, self.judged))
-        self.affected: Affected = affected_tests(ctx, self.tree, sorted(self.judged.copies) if self.judged else ())
         self._base_tree: Path | None = None
         self._shown = self.judged.shown if self.judged else (lambda nodeid: nodeid)
         self._original = self.judged.original_path if self.judged else (lambda nodeid: nodeid)
 
+    @functools.cached_property
+    def affected(self) -> Affected:
+        """Computed when first needed: a green base with a quick suite never asks."""
+        return affected_tests(self.ctx, self.tree, sorted(self.judged.copies) if self.judged else ())
+
     def run(self) -> GateResult:
-        first = self.affected.first_files()
+        baseline = self.ctx.baseline
+        # The affected tests first only pays where the whole suite is slow: otherwise pytest's start-up is
+        # most of either run, and a second run is pure cost.
+        quick = baseline is not None and baseline.per_test and baseline.duration_s < AFFECTED_FIRST_MIN_S
+        first = [] if quick else self.affected.first_files()
         if first:
             early = self.pytest(self.tree, [*self.selection, *first], "affected")
             failed = self.judge(early, f"{len(first)} affected test file(s)")
