@@ -11,6 +11,7 @@ code executes; it never sees credentials (the environment is scrubbed, only pip'
 
 from __future__ import annotations
 
+import compileall
 import fcntl
 import hashlib
 import os
@@ -36,6 +37,8 @@ DEPENDENCY_FILES = (
     "test-requirements.txt",
 )
 DEFAULT_TEST_PACKAGES = ("pytest",)
+ENV_FORMAT = b"seeded+bytecode"
+"""Part of every environment's fingerprint: changing how environments are built rebuilds them."""
 # pip's own configuration (index, certificates, local wheel dirs) is infrastructure, not a secret;
 # everything else in the worker's environment stays out of setup processes.
 _PIP_SETTINGS = (
@@ -91,6 +94,7 @@ def default_setup_commands(worktree: Path) -> list[list[str]]:
 def fingerprint(worktree: Path, setup_commands: Sequence[Sequence[str]] | None) -> str:
     digest = hashlib.sha256()
     digest.update(sys.version.encode())
+    digest.update(ENV_FORMAT)
     digest.update(repr(setup_commands).encode())
     for name in DEPENDENCY_FILES:
         path = worktree / name
@@ -145,6 +149,7 @@ def _build(
     )
     if setup_commands is None:
         seed_distributions(root, DEFAULT_TEST_PACKAGES)
+        compile_site(site_packages(root))
     for command in commands:
         _run(list(command), cwd=worktree, bin_dir=root / "bin", on_tick=on_tick, timeout_s=timeout_s)
 
@@ -184,6 +189,12 @@ def seed_distributions(env_root: Path, names: Sequence[str], *, requirements: bo
             if parsed.marker is None or parsed.marker.evaluate({"extra": ""}):
                 pending.append(canonicalize_name(parsed.name))
     return sorted(seen)
+
+
+def compile_site(site: Path) -> None:
+    """Byte-compile copied packages once: sandboxed runs see them read-only and write no bytecode, so without
+    this every pytest start would compile pytest from source again (0.6 s instead of 0.2 s, measured here)."""
+    compileall.compile_dir(str(site), quiet=1)
 
 
 def setup_environment(bin_dir: Path | None) -> dict[str, str]:

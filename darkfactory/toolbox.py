@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib import metadata, resources
 from pathlib import Path
 
-from darkfactory.target_env import seed_distributions, site_packages
+from darkfactory.target_env import compile_site, seed_distributions, site_packages
 
 COVERAGE_TOOLS = ("coverage", "pytest-cov")
 """Per-test coverage of the base's suite. Without their requirements: pytest and pluggy are the target's."""
@@ -30,7 +30,7 @@ SCRIPTS = ("coverage_map.py", "import_map.py")
 def tool_dir(cache_root: Path, name: str, distributions: Sequence[str], *, requirements: bool = True) -> Path:
     """A directory with `distributions` (and with `requirements`, what they require) under
     `site_packages(dir)` and our sandboxed scripts under `dir/scripts`, built once per version set."""
-    digest = hashlib.sha256(f"{sys.version}|{requirements}".encode())
+    digest = hashlib.sha256(f"{sys.version}|{requirements}|bytecode".encode())
     for distribution in distributions:
         digest.update(f"|{distribution}=={metadata.version(distribution)}".encode())
     scripts = {script: _script_source(script) for script in SCRIPTS}
@@ -43,6 +43,7 @@ def tool_dir(cache_root: Path, name: str, distributions: Sequence[str], *, requi
     staging = Path(tempfile.mkdtemp(prefix=".tools-", dir=cache_root))
     try:
         seed_distributions(staging, distributions, requirements=requirements)
+        compile_site(site_packages(staging))
         (staging / "scripts").mkdir()
         for script, source in scripts.items():
             (staging / "scripts" / script).write_bytes(source)
