@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id
+from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
 from darkfactory.settings import FactorySettings
 from worker import ModelClients, build_worker
@@ -40,9 +40,9 @@ GIT_ENV = {
 FAST_TIMEOUTS = Timeouts(heartbeat_s=5.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
 
 
-@pytest_asyncio.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
+async def start_dev_server() -> WorkflowEnvironment:
+    """The installed `temporal` CLI's dev server with the factory's search attributes (tests and bench)."""
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_BIN),
         search_attributes=[
             SearchAttributeKey.for_keyword(SA_STATUS),
@@ -53,6 +53,11 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_log_level="error",
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1"],
     )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 
@@ -130,3 +135,22 @@ async def run_to_end(client: Client, home: Path, request: RunRequest) -> RunStat
         return await client.execute_workflow(
             FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=task_queue
         )
+
+
+async def escalation_of(client: Client, run_id: str, task_id: str) -> dict[str, Any]:
+    """Wait, event by event (long-polling the histories, no sleeping), until the task waits for a person."""
+    child_id = task_workflow_id(run_id, task_id)
+    parent = client.get_workflow_handle(run_workflow_id(run_id))
+    async for event in parent.fetch_history_events(wait_new_event=True):
+        # "Started", not "initiated": only then does the child's history exist.
+        attributes = event.child_workflow_execution_started_event_attributes
+        if event.HasField("child_workflow_execution_started_event_attributes") and (
+            attributes.workflow_execution.workflow_id == child_id
+        ):
+            break
+    child = client.get_workflow_handle(child_id)
+    async for _event in child.fetch_history_events(wait_new_event=True):
+        progress: dict[str, Any] = await child.query("progress")
+        if progress["escalation"]:
+            return progress
+    raise AssertionError(f"{child_id} ended without escalating")

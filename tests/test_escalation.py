@@ -23,7 +23,7 @@ from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workf
 from darkfactory.contracts import RunRequest, RunState
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
-from tests.conftest import demo_transcript, factory_worker, git, request_for, write_transcript
+from tests.conftest import demo_transcript, escalation_of, factory_worker, git, request_for, write_transcript
 from workflows import FactoryRunWorkflow
 
 BIN = Path(sys.executable).parent
@@ -62,25 +62,6 @@ async def started(client: Client, home: Path, request: RunRequest) -> AsyncItera
         yield await client.start_workflow(
             FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=task_queue
         )
-
-
-async def escalation_of(client: Client, run_id: str, task_id: str) -> dict[str, Any]:
-    """Wait, event by event (long-polling the histories, no sleeping), until the task waits for a person."""
-    child_id = task_workflow_id(run_id, task_id)
-    parent = client.get_workflow_handle(run_workflow_id(run_id))
-    async for event in parent.fetch_history_events(wait_new_event=True):
-        # "Started", not "initiated": only then does the child's history exist.
-        attributes = event.child_workflow_execution_started_event_attributes
-        if event.HasField("child_workflow_execution_started_event_attributes") and (
-            attributes.workflow_execution.workflow_id == child_id
-        ):
-            break
-    child = client.get_workflow_handle(child_id)
-    async for _event in child.fetch_history_events(wait_new_event=True):
-        progress: dict[str, Any] = await child.query("progress")
-        if progress["escalation"]:
-            return progress
-    raise AssertionError(f"{child_id} ended without escalating")
 
 
 def cli(env_address: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ from temporalio.client import Client
 
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
-from tests.conftest import git, request_for, run_to_end
-from tests.test_escalation import address, cli, escalation_of, started, with_policy
+from tests.conftest import escalation_of, git, request_for, run_to_end
+from tests.test_escalation import address, cli, started, with_policy
 from tests.third_party import (
     CACHETOOLS,
     SOURCE_FILE,
