@@ -72,6 +72,9 @@ class TaskTypeRules(_Config):
     """Path globs it may never touch (checked before `allowed`)."""
     allow_test_edits: bool = False
     """May it delete, skip or weaken existing tests? Only `test` tasks may, by default."""
+    propose_protected: list[str] = Field(default_factory=list)
+    """Protected path globs the agent of this type may write; such a change still waits for a person.
+    Without an entry here the agent's editor refuses the write at once."""
 
 
 def _default_task_types() -> dict[TaskType, TaskTypeRules]:
@@ -88,7 +91,10 @@ class Limits(_Config):
     review: int = Field(default=2, ge=1)
     """Attempts the reviewer may send back while every deterministic gate passes."""
     max_diff_lines: int = Field(default=800, ge=1)
-    """Added plus removed lines above which a change needs a person's approval."""
+    """Added plus removed lines above which a change needs a person's approval. A binary file counts one
+    line per `BINARY_BYTES_PER_LINE` bytes of its new content."""
+    max_binary_bytes: int = Field(default=1 << 20, ge=0)
+    """A binary file in a change larger than this fails the scope gate."""
     acceptance_rewrites: int = Field(default=2, ge=0, le=5)
     """Times the writer of held-out tests is asked again when some of its tests already pass on the base."""
 
@@ -135,6 +141,14 @@ class SuiteRules(_Config):
         return next((entry for entry in self.quarantine if entry.covers(nodeid)), None)
 
 
+class SandboxRules(_Config):
+    """`[sandbox]`: how untrusted code (tests, setup, the agent's shell) is isolated."""
+
+    allow_degraded: bool = False
+    """Run with a real model even where bubblewrap is unusable (commands then see the worker's host). The
+    opt-out is recorded in the run summary; `--allow-degraded-sandbox` does the same for one run."""
+
+
 class Review(_Config):
     enabled: bool = True
     model: str | None = None
@@ -154,12 +168,41 @@ class Policy(_Config):
     escalation: Escalation = Field(default_factory=Escalation)
     review: Review = Field(default_factory=Review)
     tests: SuiteRules = Field(default_factory=SuiteRules)
+    sandbox: SandboxRules = Field(default_factory=SandboxRules)
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         return self.task_types.get(task_type, TaskTypeRules(allow_test_edits=task_type == "test"))
 
     def is_protected(self, path: str) -> bool:
         return matches(path, [*ALWAYS_PROTECTED, *self.protected])
+
+    def write_refusal(self, path: str, task_type: TaskType) -> str | None:
+        """Why an agent of this task type may not write `path` (a repo-relative path), or None if it may.
+
+        The editor asks before writing, so an attack on CI or the policy fails at the tool instead of
+        becoming a person's approval request; the scope gate checks the same rules again on the commit."""
+        rules = self.rules_for(task_type)
+        if self.is_protected(path):
+            if matches(path, rules.propose_protected):
+                return None
+            return (
+                f"{path} is a protected path (CI configuration, the factory policy or the policy's `protected` "
+                f"list); a {task_type} task may not change it"
+            )
+        if matches(path, rules.denied):
+            return f"{path} matches a path a {task_type} task may never touch ({', '.join(rules.denied)})"
+        if not matches(path, rules.allowed):
+            return f"{path} is outside what a {task_type} task may touch ({', '.join(rules.allowed)})"
+        return None
+
+
+BINARY_BYTES_PER_LINE = 80
+"""How many bytes of a binary file count as one line against `limits.max_diff_lines`."""
+
+
+def is_always_protected(path: str) -> bool:
+    """CI configuration and the policy itself: no repository's policy can let such a change through unattended."""
+    return matches(path, ALWAYS_PROTECTED)
 
 
 def matches(path: str, globs: list[str] | tuple[str, ...]) -> bool:
