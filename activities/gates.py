@@ -37,23 +37,13 @@ from darkfactory.gates.acceptance import bite_on_base
 from darkfactory.gates.baseline import measure_base
 from darkfactory.gates.baseline_data import Baseline
 from darkfactory.policy import Policy
-from darkfactory.sandbox import CREDENTIAL_MARKERS
+from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
 
 log = structlog.get_logger(__name__)
-MIN_SECRET_LENGTH = 8
 BASELINE_FORMAT = 1
 """Part of a measurement's cache key: bump it when what a measurement records changes."""
-
-
-def worker_secret_values() -> list[str]:
-    """Values of this worker's credential-like environment variables: found verbatim in a change, they fail it."""
-    return [
-        value
-        for name, value in os.environ.items()
-        if any(marker in name.upper() for marker in CREDENTIAL_MARKERS) and len(value) >= MIN_SECRET_LENGTH
-    ]
 
 
 def _commands(config: RunConfig, policy: Policy) -> tuple[list[list[str]] | None, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -39,6 +40,13 @@ from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnvError, ensure_target_env
 
 log = structlog.get_logger(__name__)
+
+
+def _write_refusal(input: RunToolsInput) -> Callable[[str], str | None] | None:
+    policy, task_type = input.policy, input.task_type
+    if policy is None or task_type is None:
+        return None
+    return lambda path: policy.write_refusal(path, task_type)
 
 
 class WorkspaceActivities:
@@ -91,7 +99,13 @@ class WorkspaceActivities:
         except TargetEnvError as exc:
             # The agent can still edit files; its commands run without the target's packages.
             log.warning("target_env_unavailable", error=str(exc)[:500])
-        tools = AgentTools(worktree, command_path_prefix=path_prefix, command_readonly_paths=readonly, on_tick=tick)
+        tools = AgentTools(
+            worktree,
+            command_path_prefix=path_prefix,
+            command_readonly_paths=readonly,
+            on_tick=tick,
+            write_refusal=_write_refusal(input),
+        )
         transcript = self._blobs.get_json(input.transcript_ref)
         results: list[dict[str, object]] = []
         outcomes: list[ToolOutcome] = []

@@ -5,20 +5,28 @@ suites behave. One environment per (dependency files, setup commands, interprete
 once and reused by every task and run; a directory without its `.ready` marker is rebuilt, so a crash
 mid-setup leaves nothing half-built in use.
 
-Setup is a separate phase from testing: it may reach the package index, and it runs before any test
-code executes; it never sees credentials (the environment is scrubbed, only pip's own settings pass).
+Setup is a separate phase from testing, and it is untrusted code too: `pip install -r requirements.txt`
+runs the build backends of whatever the (agent's) requirement files name, and the policy's `setup` commands
+come from the repository. So every step runs under bubblewrap (`sandbox.run_command`), never on the host:
+`python -I -m venv` from the environment's own directory (a planted `venv/__main__.py` in the tree is never on
+its path), then each setup command in a throw-away copy of the tree, with a network of its own (the package
+index is reachable, the worker's loopback services are not), pip's configuration and local indexes
+read-only, and nothing else of the host: no home, no credentials, no factory home, no other repository, no
+`/proc` of the worker. Only the environment's directory and the copy are writable; time, output, process
+and memory caps apply, and every process setup leaves is killed.
 """
 
 from __future__ import annotations
 
 import compileall
+import configparser
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
-import subprocess
+import stat
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,6 +34,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from darkfactory import sandbox
 
 DEPENDENCY_FILES = (
     "pyproject.toml",
@@ -37,7 +47,7 @@ DEPENDENCY_FILES = (
     "test-requirements.txt",
 )
 DEFAULT_TEST_PACKAGES = ("pytest",)
-ENV_FORMAT = b"seeded+bytecode"
+ENV_FORMAT = b"seeded+bytecode+sandboxed"
 """Part of every environment's fingerprint: changing how environments are built rebuilds them."""
 # pip's own configuration (index, certificates, local wheel dirs) is infrastructure, not a secret;
 # everything else in the worker's environment stays out of setup processes.
@@ -50,7 +60,12 @@ _PIP_SETTINGS = (
     "PIP_DISABLE_PIP_VERSION_CHECK",
     "PIP_NO_INDEX",
     "PIP_TRUSTED_HOST",
+    "PIP_CONSTRAINT",
 )
+_PIP_CONFIG_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf")
+"""Site-wide pip configuration, visible read-only to setup. The worker user's own (~/.config/pip) is not:
+setup never sees the worker's home."""
+SETUP_LIMITS = sandbox.ResourceLimits(memory_bytes=4 << 30, processes=256)
 
 
 class TargetEnvError(RuntimeError):
@@ -87,7 +102,7 @@ def default_setup_commands(worktree: Path) -> list[list[str]]:
     commands: list[list[str]] = []
     for name in ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "test-requirements.txt"):
         if (worktree / name).is_file():
-            commands.append(["python", "-m", "pip", "install", "--quiet", "-r", str(worktree / name)])
+            commands.append(["python", "-m", "pip", "install", "--quiet", "-r", name])
     return commands
 
 
@@ -98,7 +113,8 @@ def fingerprint(worktree: Path, setup_commands: Sequence[Sequence[str]] | None) 
     digest.update(repr(setup_commands).encode())
     for name in DEPENDENCY_FILES:
         path = worktree / name
-        if path.is_file():
+        # lstat: a dependency file that is a symlink is not followed out of the tree (setup sees none).
+        if path.exists() and stat.S_ISREG(path.lstat().st_mode):
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:24]
 
@@ -138,20 +154,45 @@ def _build(
     timeout_s: float,
 ) -> None:
     commands = setup_commands if setup_commands is not None else default_setup_commands(worktree)
-    # ensurepip costs seconds; an environment whose setup runs no command needs no pip.
+    root.mkdir(parents=True)
+    # ensurepip costs seconds; an environment whose setup runs no command needs no pip. `-I`: the interpreter
+    # ignores PYTHON* variables and puts neither the cwd nor a script's directory on sys.path.
     without_pip = [] if commands else ["--without-pip"]
-    _run(
-        [sys.executable, "-m", "venv", "--clear", *without_pip, str(root)],
-        cwd=worktree,
-        bin_dir=None,
-        on_tick=on_tick,
-        timeout_s=timeout_s,
-    )
+    _run([str(base_python()), "-I", "-m", "venv", "--clear", *without_pip, str(root)],
+         cwd=root, env_root=root, on_tick=on_tick, timeout_s=timeout_s)  # fmt: skip
     if setup_commands is None:
         seed_distributions(root, DEFAULT_TEST_PACKAGES)
         compile_site(site_packages(root))
-    for command in commands:
-        _run(list(command), cwd=worktree, bin_dir=root / "bin", on_tick=on_tick, timeout_s=timeout_s)
+    if not commands:
+        return
+    source = root.parent / f"{root.name}.src"
+    if source.exists():
+        shutil.rmtree(source)
+    try:
+        # A copy, so setup can build in-tree (pip does) without changing the tree the gates judge.
+        shutil.copytree(worktree, source, symlinks=True, ignore=_not_copied)
+        for command in commands:
+            _run(list(command), cwd=source, env_root=root, on_tick=on_tick, timeout_s=timeout_s)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def _not_copied(directory: str, names: list[str]) -> set[str]:
+    """`.git` and anything but directories, regular files and symlinks: a FIFO the agent made would block
+    the copy for ever, a device node is nobody's dependency."""
+    skipped = {".git"}
+    for name in names:
+        mode = os.lstat(os.path.join(directory, name)).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
+
+
+def base_python() -> Path:
+    """The interpreter environments are made from: the base installation's, visible read-only in the sandbox
+    (darkfactory's own virtualenv is not, and must not be: its packages stay out of the target's reach)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return Path(sys.base_prefix).resolve() / "bin" / version
 
 
 def site_packages(env_root: Path) -> Path:
@@ -197,53 +238,62 @@ def compile_site(site: Path) -> None:
     compileall.compile_dir(str(site), quiet=1)
 
 
-def setup_environment(bin_dir: Path | None) -> dict[str, str]:
-    env = {
-        "PATH": (f"{bin_dir}:" if bin_dir else "") + "/usr/local/bin:/usr/bin:/bin",
-        "HOME": tempfile.gettempdir(),
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    if bin_dir is not None:
-        env["VIRTUAL_ENV"] = str(bin_dir.parent)
+def setup_environment(env_root: Path) -> dict[str, str]:
+    """What a setup command gets on top of the sandbox's scrubbed base: the venv, and pip's own settings
+    (index, certificates, local wheel dirs: infrastructure, not secrets)."""
+    env = {"VIRTUAL_ENV": str(env_root), "PIP_NO_INPUT": "1"}
     env.update({name: os.environ[name] for name in _PIP_SETTINGS if name in os.environ})
     return env
 
 
-def _run(
-    argv: list[str], *, cwd: Path, bin_dir: Path | None, on_tick: Callable[[], None] | None, timeout_s: float
-) -> None:
-    if bin_dir is not None and argv and not os.path.isabs(argv[0]):
-        candidate = bin_dir / argv[0]
-        if candidate.exists():
-            argv = [str(candidate), *argv[1:]]
-    with tempfile.TemporaryFile() as output:
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=setup_environment(bin_dir),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise TargetEnvError(f"setup command {argv[0]!r} could not start: {exc}") from exc
-        waited = 0.0
-        while True:
+@functools.cache
+def pip_sources() -> tuple[Path, ...]:
+    """What setup may read of the host besides the interpreter: pip's site-wide configuration files and the
+    local paths (find-links, file:// indexes, constraints, certificates) named there or in PIP_* settings."""
+    values: list[str] = [os.environ[name] for name in _PIP_SETTINGS if name in os.environ]
+    found: list[Path] = []
+    for name in _PIP_CONFIG_FILES:
+        if os.path.isfile(name):
+            found.append(Path(name))
+            parser = configparser.ConfigParser(interpolation=None)
             try:
-                process.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                waited += 1.0
-                if on_tick is not None:
-                    on_tick()
-                if waited >= timeout_s:
-                    os.killpg(process.pid, 9)
-                    process.wait()
-                    raise TargetEnvError(f"setup command {' '.join(argv)} timed out after {timeout_s:.0f}s") from None
-        if process.returncode != 0:
-            output.seek(0)
-            tail = output.read()[-4000:].decode("utf-8", "replace")
-            raise TargetEnvError(f"setup command {' '.join(argv)} failed (exit {process.returncode}):\n{tail}")
+                parser.read(name)
+            except configparser.Error:
+                continue
+            values.extend(value for section in parser.sections() for value in parser[section].values())
+    for value in values:
+        for token in value.split():
+            path = token.removeprefix("file://")
+            if os.path.isabs(path) and os.path.exists(path) and path != "/":
+                found.append(Path(path))
+    return tuple(dict.fromkeys(found))
+
+
+def _run(argv: list[str], *, cwd: Path, env_root: Path, on_tick: Callable[[], None] | None, timeout_s: float) -> None:
+    bin_dir = env_root / "bin"
+    if argv and not os.path.isabs(argv[0]) and (bin_dir / argv[0]).exists():
+        argv = [str(bin_dir / argv[0]), *argv[1:]]
+    try:
+        result = sandbox.run_command(
+            argv,
+            cwd=cwd,
+            timeout_s=timeout_s,
+            env=setup_environment(env_root),
+            path_prefix=[bin_dir],
+            readonly_paths=[Path(sys.base_prefix).resolve(), *pip_sources()],
+            writable_paths=[env_root],
+            network=True,
+            on_tick=on_tick,
+            limits=SETUP_LIMITS,
+        )
+    except (ValueError, sandbox.SandboxUnavailable) as exc:
+        raise TargetEnvError(f"setup command {' '.join(argv)} could not start: {exc}") from exc
+    notes = "".join(f"\n({note})" for note in result.notes)
+    if result.timed_out:
+        raise TargetEnvError(f"setup command {' '.join(argv)} timed out after {timeout_s:.0f}s{notes}")
+    if result.returncode != 0:
+        stopped = f" ({result.limit})" if result.limit else ""
+        tail = result.output[-4000:]
+        raise TargetEnvError(
+            f"setup command {' '.join(argv)} failed (exit {result.returncode}{stopped}):\n{tail}{notes}"
+        )

@@ -5,11 +5,15 @@ sha it is asked for; snapshot commits use a date chosen by the workflow, so a re
 same commit sha; ref updates are compare-and-swap; a merge recognises that it was already done.
 
 Host-side git never runs hooks, fsmonitor, pagers, external diff drivers or the user's global config:
-sandboxed code could have planted them in the worktree (sandbox-and-security-facts §1.3).
+sandboxed code could have planted them in the worktree (sandbox-and-security-facts §1.3). Nor does it run the
+target repository's own filter, merge or diff drivers (`filter.*.clean/smudge/process`, `merge.*.driver`,
+`diff.*.command/textconv`): a `.gitattributes` in the agent's change decides which files they apply to, so
+they are overridden with empty values on every call (git-lfs repositories are therefore seen as pointers).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Sequence
@@ -68,7 +72,7 @@ class GitRun:
 
     def status(self, *args: str, commit_time: int | None = None, stdin: BinaryIO | None = None) -> tuple[int, str, str]:
         """Run git; return (exit status, stdout, stderr) without raising on a non-zero status."""
-        command = ["git", *_HARDENING, *args]
+        command = ["git", *_HARDENING, *_driver_overrides(self.cwd), *args]
         env = _git_env(commit_time)
         if self.index_file is not None:
             env["GIT_INDEX_FILE"] = str(self.index_file)
@@ -93,6 +97,64 @@ class GitRun:
 
     def ok(self, *args: str) -> bool:
         return self.status(*args)[0] == 0
+
+
+_DRIVER_KEYS = r"^(filter|merge|diff)\..+\.(clean|smudge|process|driver|command|textconv)$"
+
+
+def _driver_overrides(cwd: Path) -> list[str]:
+    """`-c key=` for every command-running driver the repository's config defines (includes resolved).
+
+    Reading config runs nothing. The answer is cached per config file and its mtime: one extra git call per
+    repository, not one per command."""
+    config = _config_file(str(cwd))
+    try:
+        stamp = os.stat(config).st_mtime_ns if config else 0
+    except OSError:
+        stamp = 0
+    return list(_overrides_for(str(cwd), config, stamp))
+
+
+@functools.lru_cache(maxsize=256)
+def _config_file(cwd: str) -> str:
+    status, out, _ = git.Git(cwd).execute(
+        ["git", *_HARDENING, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        env=_git_env(None),
+        with_extended_output=True,
+        with_exceptions=False,
+        strip_newline_in_stdout=True,
+    )
+    return os.path.join(str(out), "config") if status == 0 else ""
+
+
+@functools.lru_cache(maxsize=256)
+def _overrides_for(cwd: str, config: str, stamp: int) -> tuple[str, ...]:
+    status, out, _ = git.Git(cwd).execute(
+        ["git", *_HARDENING, "config", "--get-regexp", _DRIVER_KEYS],
+        env=_git_env(None),
+        with_extended_output=True,
+        with_exceptions=False,
+        strip_newline_in_stdout=True,
+    )
+    if status != 0:  # 1: no such keys
+        return ()
+    keys = sorted({line.split(" ", 1)[0] for line in str(out).splitlines() if line.strip()})
+    overrides: list[str] = []
+    for key in keys:
+        overrides += ["-c", f"{key}="]
+        if key.startswith("filter.") and key.endswith((".clean", ".smudge", ".process")):
+            overrides += ["-c", f"{key.rsplit('.', 1)[0]}.required=false"]
+    return tuple(_dedupe_pairs(overrides))
+
+
+def _dedupe_pairs(args: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if value not in seen:
+            seen.add(value)
+            out += [flag, value]
+    return out
 
 
 def _git_env(commit_time: int | None) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 
 from darkfactory import sandbox
 from darkfactory.agent_tools import (
-    RUN_COMMAND_TOOL,
+    SHELL_TOOL,
     TEXT_EDITOR_TOOL,
     AgentTools,
     ToolExecution,
@@ -64,7 +64,7 @@ def edit(tools: AgentTools, **tool_input: Any) -> ToolExecution:
 
 
 def shell(tools: AgentTools, command: str, **extra: Any) -> ToolExecution:
-    return run(tools, RUN_COMMAND_TOOL["name"], command=command, **extra)
+    return run(tools, SHELL_TOOL["name"], command=command, **extra)
 
 
 def assert_refused(result: ToolExecution, *fragments: str) -> None:
@@ -82,16 +82,18 @@ def assert_refused(result: ToolExecution, *fragments: str) -> None:
 def test_tool_definitions() -> None:
     editor, command = tool_definitions()
     assert editor == {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}
-    assert command["name"] == "run_command"
+    assert command["name"] == "bash"
     assert command["input_schema"]["required"] == ["command"]
     assert set(command["input_schema"]["properties"]) == {"command", "timeout_s"}
+    # The model is told what persists between calls (files) and what does not (cwd, variables, processes).
+    assert "fresh `bash -c`" in command["description"] and "persists" in command["description"]
     command["description"] = "changed"
-    assert RUN_COMMAND_TOOL["description"] != "changed"  # callers get copies
+    assert SHELL_TOOL["description"] != "changed"  # callers get copies
 
 
 def test_unknown_tool_is_an_error(tools: AgentTools) -> None:
-    result = run(tools, "bash", command="ls")
-    assert_refused(result, 'unknown tool "bash"', "run_command")
+    result = run(tools, "run_command", command="ls")
+    assert_refused(result, 'unknown tool "run_command"', '"bash"')
 
 
 def test_unknown_editor_command_is_an_error(tools: AgentTools) -> None:
@@ -347,44 +349,27 @@ def test_missing_file_is_an_actionable_error(tools: AgentTools) -> None:
 # Commands
 
 
-@pytest.mark.parametrize(
-    ("command", "fragment"),
-    [
-        ("ls; touch pwned", "no shell"),
-        ("ls && touch pwned", "no shell"),
-        ("ls | wc -l", "no shell"),
-        ("cat README.md > pwned", "no shell"),
-        ("cat `touch pwned`", "no shell"),
-        ("cat $(touch pwned)", "no shell"),
-        ("rm -rf src", 'command "rm" is not allowed'),
-        ("/bin/sh -c 'touch pwned'", 'command "/bin/sh" is not allowed'),
-        ("git -c core.pager=x log", 'git option "-c"'),
-        ("git push origin main", 'git subcommand "push"'),
-        ("git config core.hooksPath x", 'git subcommand "config"'),
-        ("git diff --ext-diff", 'git option "--ext-diff"'),
-        ("git log --output=pwned", 'git option "--output=pwned"'),
-        ("find . -exec touch pwned {} +", 'find option "-exec"'),
-        ("find . -delete", 'find option "-delete"'),
-        ("cat 'unclosed", "quotes"),
-    ],
-)
-def test_disallowed_commands_are_refused(tools: AgentTools, repo: Path, command: str, fragment: str) -> None:
-    result = shell(tools, command)
-    assert_refused(result, fragment)
-    assert not (repo / "pwned").exists()
-    assert (repo / "src").exists()
+def test_shell_features_work(tools: AgentTools, repo: Path) -> None:
+    result = shell(tools, "ls src | wc -l && echo one > made.txt; echo two >> made.txt; echo src/*.py")
+    assert not result.is_error, result.content
+    assert result.content == "exit code: 0\n2\nsrc/app.py\n"
+    assert (repo / "made.txt").read_text() == "one\ntwo\n"
 
 
-def test_refusal_lists_what_is_allowed(tools: AgentTools) -> None:
-    result = shell(tools, "rm x")
-    assert "python, python3, pytest" in result.content
-    assert "status, diff, log, show, ls-files" in result.content
+def test_each_call_is_a_fresh_shell(tools: AgentTools) -> None:
+    shell(tools, "cd src && export X=1 && touch /tmp/left-behind")
+    result = shell(tools, "pwd; echo X=${X:-unset}; test -e /tmp/left-behind && echo left || echo gone")
+    assert result.content.endswith("/wt\nX=unset\ngone\n")  # cwd and variables reset, /tmp emptied
 
 
-def test_semicolon_inside_quotes_is_an_argument(tools: AgentTools) -> None:
+def test_python_inside_quotes_is_one_argument(tools: AgentTools) -> None:
     result = shell(tools, "python3 -c 'print(1); print(2)'")
     assert not result.is_error, result.content
     assert result.content == "exit code: 0\n1\n2\n"
+
+
+def test_nul_in_a_command_is_refused(tools: AgentTools) -> None:
+    assert_refused(shell(tools, "echo a\x00b"), "NUL")
 
 
 def venv_tools(root: Path, **kwargs: Any) -> AgentTools:
@@ -405,7 +390,7 @@ def test_allowed_command_runs_in_the_sandbox(repo: Path, monkeypatch: pytest.Mon
     assert not result.is_error, result.content
     assert result.wrote
     assert result.content == "exit code: 0\n42\n"
-    assert result.summary.startswith("run_command `python -c 'print(40+2)'` -> rc 0 in ")
+    assert result.summary.startswith("bash `python -c 'print(40+2)'` -> rc 0 in ")
     if sandbox.sandbox_tier() == "bwrap":
         probe = shell(tools, "python -c 'import os; print(os.getuid(), sorted(os.environ))'")
         assert probe.content.startswith("exit code: 0\n65534 ")

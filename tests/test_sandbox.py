@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from darkfactory import sandbox
-from darkfactory.sandbox import CommandResult, SandboxUnavailable, run_command, sandbox_tier
+from darkfactory.sandbox import CommandResult, ResourceLimits, SandboxUnavailable, run_command, sandbox_tier
 from tests.conftest import git
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -281,10 +281,21 @@ def test_bwrap_has_no_network(bwrap: None, workdir: Path, listener: int) -> None
     assert "ConnectionRefusedError" in result.output  # the sandbox's own loopback, nothing listening there
 
 
-def test_bwrap_network_true_shares_the_host_network(bwrap: None, workdir: Path, listener: int) -> None:
+def test_bwrap_network_true_still_hides_the_hosts_loopback(bwrap: None, workdir: Path, listener: int) -> None:
+    # Setup needs the package index, never the worker's loopback services (the Temporal frontend).
     result = run_command(_connect_script(listener), cwd=workdir, timeout_s=30, network=True)
-    assert result.ok, result.output
-    assert result.output == "connected\n"
+    assert result.returncode != 0
+    assert "connected" not in result.output
+    if shutil.which("slirp4netns"):
+        assert not result.notes, result.notes
+        # slirp's gateway stands for the host's loopback unless --disable-host-loopback: it must be refused.
+        via_gateway = run_command(
+            [SYSTEM_PYTHON, "-c", f"import socket; socket.create_connection(('10.0.2.2', {listener}), timeout=5)"],
+            cwd=workdir,
+            timeout_s=30,
+            network=True,
+        )
+        assert via_gateway.returncode != 0
 
 
 def test_bwrap_writes_only_to_cwd_and_writable_paths(bwrap: None, tmp_path: Path, workdir: Path) -> None:
@@ -453,7 +464,7 @@ def test_degraded_tier_applies_rlimits(workdir: Path, monkeypatch: pytest.Monkey
     result = run_command(["sh", "-c", "ulimit -c; ulimit -n; ulimit -f"], cwd=workdir)
     core, nofile, fsize = result.output.split()
     assert core == "0"
-    assert int(nofile) <= sandbox.OPEN_FILES_LIMIT
+    assert int(nofile) <= ResourceLimits().open_files
     assert fsize != "unlimited"
 
 

@@ -274,6 +274,8 @@ class TaskWorkflow:
                     transcript_ref=transcript,
                     tool_calls=answer.tool_calls,
                     commit_time=int(workflow.now().timestamp()),
+                    policy=input.policy,
+                    task_type=input.task.type,
                 ),
                 timeouts.tools_s,
                 timeouts.heartbeat_s,

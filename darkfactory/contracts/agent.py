@@ -9,6 +9,7 @@ from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.git import WorkspaceRef
 from darkfactory.contracts.messages import ToolCall, ToolOutcome, Usage
 from darkfactory.contracts.plans import PlannedTask
+from darkfactory.policy import Policy, TaskType
 
 
 class AttemptBrief(Frozen):
@@ -59,6 +60,10 @@ class RunToolsInput(Frozen):
     tool_calls: list[ToolCall]
     commit_time: int
     """Unix time used as the snapshot commit's date, fixed by the workflow so a retry yields the same sha."""
+    policy: Policy | None = None
+    """The run's policy and the task's type: the agent's tools refuse writes the task may not make.
+    None (histories recorded before the tools knew): every path but `.git` may be written, as then."""
+    task_type: TaskType | None = None
 
 
 class RunToolsResult(Frozen):
