@@ -76,7 +76,11 @@ class WorkspaceFiles:
         if len(raw) > MAX_PATH_CHARS:
             raise ToolError(f"path is {len(raw)} characters long; send a shorter path", f"{op}: path too long")
         lexical = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(self.root, raw))
-        real = os.path.realpath(lexical)
+        try:
+            real = os.path.realpath(lexical)
+        except OSError:
+            # A component changed kind while being resolved (a directory swapped for a symlink).
+            raise ToolError(f'"{shown}" changed while being checked; try again', f"{op} {shown[:80]}: raced") from None
         if not within(real, self.root):
             if within(lexical, self.root):
                 reason = f'path "{shown}" resolves through a symlink to outside the workspace'

@@ -171,7 +171,9 @@ class Policy(_Config):
     sandbox: SandboxRules = Field(default_factory=SandboxRules)
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
-        return self.task_types.get(task_type, TaskTypeRules(allow_test_edits=task_type == "test"))
+        # A file that configures one type keeps the defaults of the others (docs stay docs-only).
+        defaults = _default_task_types()
+        return self.task_types.get(task_type) or defaults.get(task_type) or TaskTypeRules()
 
     def is_protected(self, path: str) -> bool:
         return matches(path, [*ALWAYS_PROTECTED, *self.protected])

@@ -310,6 +310,7 @@ def _attach_network(info_fd: int, block_fd: int) -> tuple[subprocess.Popen[bytes
         if exe is None:
             return None, "no network: slirp4netns is not installed (apt-get install -y slirp4netns)"
         child = _read_child_pid(info_fd)
+        _wait_for_loopback(child)
         with _parent_userns(child) as userns_fd:
             ready_r, ready_w = os.pipe()
             try:
@@ -348,6 +349,25 @@ def _attach_network(info_fd: int, block_fd: int) -> tuple[subprocess.Popen[bytes
             os.write(block_fd, b"1")
         os.close(block_fd)
     return slirp, note
+
+
+def _wait_for_loopback(pid: int) -> None:
+    """Until bwrap's child has brought up `lo` in the new network namespace.
+
+    bwrap reports its child before the child configures loopback; slirp4netns configuring tap0 in the same
+    namespace at that moment makes bwrap's own netlink request fail ("Failed RTM_NEWADDR", measured: 33 of
+    300 launches). The namespace's routing table shows 127.0.0.1 as a host route once lo is up."""
+    deadline = time.monotonic() + _NETWORK_READY_S
+    fib = f"/proc/{pid}/net/fib_trie"
+    while time.monotonic() < deadline:
+        try:
+            with open(fib, encoding="ascii", errors="replace") as table:
+                if "127.0.0.1" in table.read():
+                    return
+        except OSError as exc:
+            raise ValueError(f"the sandbox went away before its network was attached ({exc.strerror})") from None
+        time.sleep(0.002)  # polling the kernel's table: there is no event to wait on
+    raise ValueError("the sandbox's loopback did not come up")
 
 
 def _read_child_pid(info_fd: int) -> int:
