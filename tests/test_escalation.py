@@ -172,7 +172,8 @@ async def test_a_protected_path_escalates_even_when_every_gate_passes(
     client: Client, factory_home: Path, demo_repo: Path
 ) -> None:
     # The policy lets feature tasks propose the protected file (else the editor refuses it at once).
-    with_policy(demo_repo, 'protected = ["textkit/__init__.py"]\n[task_types.feature]\npropose_protected = ["textkit/*"]\n')
+    policy = 'protected = ["textkit/__init__.py"]\n[task_types.feature]\npropose_protected = ["textkit/*"]\n'
+    with_policy(demo_repo, policy)
     request = request_for(demo_repo, f"scripted:{Path(__file__).parents[1] / 'examples/demo/transcript.json'}")
     async with started(client, factory_home, request) as handle:
         progress = await escalation_of(client, request.run_id, "export-slugify")
