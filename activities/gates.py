@@ -40,6 +40,7 @@ from darkfactory.policy import Policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
+from darkfactory.untrusted import redact_secrets
 
 log = structlog.get_logger(__name__)
 BASELINE_FORMAT = 1
@@ -50,6 +51,27 @@ def _commands(config: RunConfig, policy: Policy) -> tuple[list[list[str]] | None
     """(setup commands, test command): the run's overrides, else the policy's, else the defaults."""
     setup = config.setup_commands if config.setup_commands is not None else policy.commands.setup
     return setup, config.test_command or policy.commands.test or list(DEFAULT_TEST_COMMAND)
+
+
+def _redacted(report: GateReport) -> GateReport:
+    """Gate output quotes the repository (test failures, findings): it goes to the model and into history only
+    with credential-shaped strings replaced."""
+    known = worker_secret_values()
+
+    def clean(text: str) -> str:
+        return redact_secrets(text, known)[0]
+
+    results = [
+        result.model_copy(
+            update={
+                "summary": clean(result.summary),
+                "feedback": clean(result.feedback),
+                "notes": [clean(note) for note in result.notes],
+            }
+        )
+        for result in report.results
+    ]
+    return report.model_copy(update={"results": results})
 
 
 class GateActivities:
@@ -163,6 +185,7 @@ class GateActivities:
                     acceptance_selection=input.acceptance_selection,
                 )
             )
+        report = _redacted(report)
         for result in report.results:
             log.info(
                 "gate",

@@ -36,10 +36,18 @@ from darkfactory.contracts import (
     WorkspaceRef,
 )
 from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
+from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnvError, ensure_target_env
+from darkfactory.untrusted import redact_secrets
 
 log = structlog.get_logger(__name__)
+
+
+def credential_kinds(text: str) -> list[str]:
+    """The kinds of credential-shaped strings in text the agent is about to write (the worker's own included)."""
+    _, kinds = redact_secrets(text, worker_secret_values())
+    return kinds
 
 
 def _write_refusal(input: RunToolsInput) -> Callable[[str], str | None] | None:
@@ -105,21 +113,20 @@ class WorkspaceActivities:
             command_readonly_paths=readonly,
             on_tick=tick,
             write_refusal=_write_refusal(input),
+            find_secrets=credential_kinds,
         )
         transcript = self._blobs.get_json(input.transcript_ref)
         results: list[dict[str, object]] = []
         outcomes: list[ToolOutcome] = []
         wrote = False
+        known = worker_secret_values()
         for call in input.tool_calls:
             execution = tools.execute(call)
             wrote = wrote or execution.wrote
+            # What the repository holds reaches the model only with credential-shaped strings replaced.
+            content, _ = redact_secrets(execution.content, known)
             results.append(
-                {
-                    "type": "tool_result",
-                    "tool_use_id": call.id,
-                    "content": execution.content,
-                    "is_error": execution.is_error,
-                }
+                {"type": "tool_result", "tool_use_id": call.id, "content": content, "is_error": execution.is_error}
             )
             outcomes.append(
                 ToolOutcome(tool_use_id=call.id, name=call.name, summary=execution.summary, is_error=execution.is_error)

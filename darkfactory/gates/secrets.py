@@ -2,7 +2,9 @@
 
 Four checks on the added lines only (a secret already on the base is not this change's doing), with line
 numbers in the new file (sandbox-and-security-facts §2.2):
-(a) the worker's own credential values, matched exactly: no false negatives for the keys that matter;
+(a) the worker's own credential values, matched exactly and in the encodings an evasion would use (base64 at
+    every alignment, hex, character codes and escapes, percent-encoding, reversed, rot13, split across string
+    literals: `secret_encodings.py`); no false negatives for the keys that matter;
 (b) a few high-value formats by regex (Anthropic, AWS, GitHub, Slack, private keys, JWTs);
 (c) detect-secrets' default plugins, with its inline-allowlist filter disabled and no baseline, because
     both are ways for the change itself to switch the scan off;
@@ -13,6 +15,7 @@ change is never a passing one.
 
 from __future__ import annotations
 
+import bisect
 import re
 import tempfile
 import threading
@@ -20,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from detect_secrets.core.scan import scan_file
-from detect_secrets.settings import default_settings
+from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.core.scan import scan_file, scan_line
+from detect_secrets.settings import default_settings, transient_settings
 
 from darkfactory.contracts import GateResult
 from darkfactory.gates.context import GateContext
+from darkfactory.gates.secret_encodings import find_encoded_secrets
 from darkfactory.workspace import GitRun
 
 FEEDBACK_LIMIT = 4000
@@ -32,6 +37,8 @@ FEEDBACK_LIMIT = 4000
 MAX_LISTED = 25
 MIN_SECRET_LENGTH = 8
 """Shorter worker secret values would match ordinary text."""
+ENCODED_KIND = "worker secret value, "
+"""The kind of a finding of an encoded worker secret starts so, and the encoding follows."""
 ALLOWLIST_FILTER = "detect_secrets.filters.allowlist.is_line_allowlisted"
 
 AddedLines = Mapping[str, Sequence[tuple[int, str]]]
@@ -150,18 +157,28 @@ def scan_added_lines(added: AddedLines, secret_values: Sequence[str] = ()) -> li
 
 
 def worker_secret_findings(added: AddedLines, secret_values: Sequence[str]) -> list[Finding]:
-    """Check (a): exact matches of the worker's own credential values."""
+    """Check (a): the worker's own credential values, verbatim or encoded.
+
+    An encoded finding names the encoding and shows nothing of the value: even a prefix of a base64 form
+    gives away bytes of the secret.
+    """
     values = sorted({value for value in secret_values if len(value) >= MIN_SECRET_LENGTH})
     findings: set[Finding] = set()
+    if not values:
+        return []
     for path, lines in added.items():
-        # Joined, so a multi-line worker secret (a PEM key) is still matched exactly.
+        # Joined, so a multi-line worker secret (a PEM key), or a form wrapped over lines, is still found.
         text = "\n".join(line for _number, line in lines)
+        breaks = [newline.start() for newline in re.finditer("\n", text)]
         for value in values:
             start = text.find(value)
             while start >= 0:
-                line = lines[text.count("\n", 0, start)][0]
+                line = lines[bisect.bisect_left(breaks, start)][0]
                 findings.add(Finding(path, line, "worker secret value", redact(value)))
                 start = text.find(value, start + 1)
+        for match in find_encoded_secrets(text, values):
+            line = lines[bisect.bisect_left(breaks, match.start)][0]
+            findings.add(Finding(path, line, ENCODED_KIND + match.encoding))
     return sorted(findings)
 
 
@@ -191,6 +208,25 @@ def detect_secrets_findings(added: AddedLines) -> list[Finding]:
     return sorted(findings)
 
 
+def detect_secrets_values(lines: Sequence[str], exclude: Sequence[str] = ()) -> list[tuple[int, str, str]]:
+    """(line index, secret type, value) for what detect-secrets' plugins, less those named, find in `lines`.
+
+    For callers outside the gate (`darkfactory.untrusted` redacts prompts with the vendor-format plugins):
+    the lock is this module's, because detect-secrets' settings are one process-wide singleton. Some plugins
+    report only a token's prefix as its value.
+    """
+    names = [kind.__name__ for kind in get_mapping_from_secret_type_to_class().values()]
+    plugins = [{"name": name} for name in names if name not in exclude]
+    found: list[tuple[int, str, str]] = []
+    with _DETECT_SECRETS_LOCK, transient_settings({"plugins_used": plugins}) as settings:
+        settings.disable_filters(ALLOWLIST_FILTER)
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            found.extend((index, str(secret.type), secret.secret_value or "") for secret in scan_line(line))
+    return found
+
+
 def _merged(findings: list[Finding]) -> list[Finding]:
     """One finding per line: our regexes and detect-secrets often name the same key twice."""
     by_line: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
@@ -210,6 +246,9 @@ def _merged(findings: list[Finding]) -> list[Finding]:
             for value, stem in zip(shown, stems, strict=True)
             if not any(o.startswith(stem) and o != stem for o in stems)
         ]
+        if any(kind.startswith(ENCODED_KIND) for kind in kinds):
+            # Another scanner's excerpt of an encoded worker secret is an excerpt of the secret.
+            kept = []
         merged.append(Finding(path, line, " / ".join(kinds), ", ".join(kept)))
     return sorted(merged)
 
