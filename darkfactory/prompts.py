@@ -23,6 +23,7 @@ from darkfactory.contracts import (
     ReviewInput,
     ReviewVerdict,
 )
+from darkfactory.untrusted import as_data
 
 SUBMIT_PLAN_TOOL = "submit_plan"
 SUBMIT_REVIEW_TOOL = "submit_review"
@@ -34,12 +35,16 @@ MAX_LISTED_FILES = 300
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("darkfactory", "prompts"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # prompts are plain text for a model, not HTML
     )
+    # Text from outside (the spec, gate output quoting the repository, the diff) goes between markers it
+    # cannot fake: a spec containing "</spec>" could otherwise end its own block and speak as the prompt.
+    environment.filters["as_data"] = as_data
+    return environment
 
 
 def render(template: str, **values: Any) -> str:
