@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -53,10 +53,13 @@ class DecisionDesk:
         attempt: int = 0,
         sha: str = "",
         notify: Callable[[EscalationState | None], Awaitable[None]] | None = None,
+        deadline_veto: str = "",
     ) -> Decision:
         """Mark the workflow as waiting (search attributes + memo, so `factory queue` and the web UI find it),
         wait for a decision or the deadline's default action, record it, and clear the marks. `notify` hears
-        the escalation when the wait starts and None when it ends (a task tells its run)."""
+        the escalation when the wait starts and None when it ends (a task tells its run). `deadline_veto` says
+        why the deadline may not approve (the change touches always-protected paths): then it rejects, whatever
+        the policy's default action."""
         now = workflow.now()
         deadline = timedelta(hours=policy.deadline_hours) if policy.deadline_hours else None
         self.waiting = EscalationState(
@@ -73,8 +76,8 @@ class DecisionDesk:
             decision = self._answer
         except TimeoutError:
             decision = Decision(
-                action=policy.default_action,
-                note="the escalation deadline passed",
+                action="reject" if deadline_veto else policy.default_action,
+                note="the escalation deadline passed" + (f"; {deadline_veto}" if deadline_veto else ""),
                 by="policy (deadline)",
                 at=workflow.now(),
                 reason=reason,
@@ -83,7 +86,7 @@ class DecisionDesk:
             raise ApplicationError("escalation ended without a decision", non_retryable=True)
         self.decisions.append(decision)
         self.waiting = None
-        updates = [NEEDS_REVIEW.value_set(False)]
+        updates: list[SearchAttributeUpdate[Any]] = [NEEDS_REVIEW.value_set(False)]
         if status_after is not None:
             updates.append(STATUS.value_set(status_after))
         workflow.upsert_search_attributes(updates)

@@ -170,7 +170,7 @@ class TaskWorkflow:
                 )
                 if input.policy.escalation.on_caps_spent == "fail":
                     return "failed", reason
-            decision = await self._escalate(input, reason)
+            decision = await self._escalate(input, reason, _deadline_veto(record.gates))
             if decision.action == "approve":
                 return "passed", f"approved by {decision.by}" + (f": {decision.note}" if decision.note else "")
             if decision.action == "reject":
@@ -184,7 +184,7 @@ class TaskWorkflow:
     def _reviewed(self, input: TaskInput) -> bool:
         return "review" in input.policy.gates and input.policy.review.enabled
 
-    async def _escalate(self, input: TaskInput, reason: str) -> Decision:
+    async def _escalate(self, input: TaskInput, reason: str, deadline_veto: str) -> Decision:
         """Wait, durably, for a person (or the policy's deadline) to decide."""
         self._phase = "escalated"
         memo = {"run_id": input.run_id, "task_id": input.task.id, "title": input.task.title}
@@ -210,6 +210,7 @@ class TaskWorkflow:
             attempt=self._attempt,
             sha=self._sha,
             notify=tell_the_run,
+            deadline_veto=deadline_veto,
         )
         self._phase = "deciding"
         return decision
@@ -356,6 +357,22 @@ def _review_gate(review: ReviewResult) -> GateResult:
         feedback="" if verdict.verdict == "approve" else f"{verdict.summary}\n{findings}".strip(),
         details_ref=review.transcript_ref,
     )
+
+
+def _deadline_veto(gates: list[GateResult]) -> str:
+    """Why the escalation's deadline may not approve this attempt's change, or "" when the policy decides.
+
+    No repository's policy approves CI configuration or the factory policy unattended; a change the scope gate
+    did not measure may touch them."""
+    scope = next((result for result in gates if result.gate == "scope"), None)
+    if scope is None:
+        return "the scope gate did not measure the change, and always-protected paths are rejected at the deadline"
+    if scope.touches_always_protected:
+        return (
+            "the change touches CI configuration or the factory policy, and always-protected paths are rejected "
+            "at the deadline"
+        )
+    return ""
 
 
 def _feedback(gates: list[GateResult]) -> str:

@@ -84,6 +84,9 @@ class GateResult(Frozen):
     """Passed, but a person must approve before merging (protected path, large diff); says why."""
     notes: list[str] = Field(default_factory=list)
     """Things worth knowing that are not failures: flaky tests, failures already present on the base."""
+    touches_always_protected: bool = False
+    """The scope gate only: the change touches CI configuration or the factory policy (`ALWAYS_PROTECTED`), or
+    could not be measured. An escalation of such a change is rejected at its deadline, whatever the policy says."""
 
 
 class GateReport(Frozen):

@@ -1,41 +1,47 @@
-"""The scope gate: which paths a change touches, whether its task type may touch them, and whether it
-weakens the tests that already exist.
+"""The scope gate: which paths a change touches, whether its task type may touch them, whether it weakens the
+tests that already exist, and what it really adds (symlinks, binary files).
 
 Measured between the task's base and its commit in the repository itself (deletions included, which the
-worktree cannot show). A path the task type may not touch, or a weakened existing test, fails the gate;
-a protected path (CI configuration, `.factory/`) or a large diff passes but needs a person's approval.
+worktree cannot show). These fail the gate: a path the task type may not touch, a weakened existing test
+(`weakening.py`), a symlink that leaves the tree (an absolute target, `..` past the root, through another
+link, into `.git`) and a binary file over `limits.max_binary_bytes`. A protected path (CI configuration,
+`.factory/`) or a large diff passes but needs a person's approval.
 
-Test weakening is judged on the syntax tree, not on text, so reformatting is not weakening but deleting a
-test, dropping or editing an assert, or adding a skip mark is. A coding agent whose tests fail is tempted
-to make the tests agree with the code; only task types with `allow_test_edits` may change existing tests.
+Binary or text is decided from the content, as git itself does (a NUL byte in the first 8000 bytes), never
+from git's numstat alone: a `.gitattributes` in the change could call text binary so that its lines count
+nothing. A binary file counts one line per `BINARY_BYTES_PER_LINE` bytes of its new content.
 """
 
 from __future__ import annotations
 
-import ast
-from collections import Counter
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from darkfactory.contracts import GateResult
 from darkfactory.gates.context import GateContext
-from darkfactory.policy import TaskTypeRules, is_test_path, matches
+from darkfactory.gates.weakening import weakened_in_change, weakened_tests
+from darkfactory.policy import BINARY_BYTES_PER_LINE, TaskTypeRules, is_always_protected, matches
 from darkfactory.workspace import GitRun
+
+__all__ = ["Touched", "escaping_links", "scope_gate", "scope_violations", "touched_paths", "weakened_tests"]
 
 FEEDBACK_LIMIT = 4000
 """Characters of feedback, the same bound as the other gates."""
 MAX_LISTED = 20
 """Offending paths or weakened tests listed in the feedback; the details blob has them all."""
 
-_ASSERTING_CALLS = ("raises", "warns")
-"""Call names that assert besides `assert*` ones: `pytest.raises`, `pytest.warns`."""
-_SKIP_MARKS = frozenset({"skip", "skipif", "xfail"})
-"""`pytest.mark.<name>`: marks that stop a test from counting."""
-_SKIP_DISTINCT = frozenset({"skipIf", "skipUnless", "expectedFailure", "SkipTest", "skipTest", "importorskip"})
-"""Skip helpers whose name alone is unmistakable (`unittest.skipIf`, `self.skipTest`, `pytest.importorskip`)."""
-_SKIP_AMBIGUOUS = frozenset({"skip", "xfail"})
-"""Skip helpers that count only on the pytest or unittest module (`pytest.skip(...)`, `unittest.skip`)."""
-_TEST_MODULES = ("pytest", "_pytest", "unittest")
+SYMLINK_MODE = "120000"
+_REGULAR_MODES = ("100644", "100755")
+_BINARY_PROBE = 8000
+"""Bytes git looks at for a NUL to call content binary (`buffer_is_binary`)."""
+_BATCH_BYTES = 32 << 20
+"""Blob bytes read back per `git cat-file --batch` call (a bigger blob is read alone)."""
+_MAX_LINK_HOPS = 40
+"""Symlinks followed while resolving one target, as Linux does (MAXSYMLINKS): more is a loop."""
 
 
 @dataclass(frozen=True)
@@ -47,32 +53,244 @@ class Touched:
     """git's status letter: A(dded), M(odified), D(eleted), T(ype changed)."""
     added: int
     removed: int
+    """Text lines; binary content counts none here (see `size`)."""
     binary: bool
+    """The content (the new one; the old one when deleted) has a NUL byte in its first 8000 bytes."""
+    size: int = 0
+    """Bytes of the new content; 0 when deleted."""
+    mode: str = ""
+    """The new git mode: 100644, 100755, 120000 (a symlink), 160000 (a submodule); "" when deleted."""
+    link_target: str | None = None
+    """Where the new symlink points, as written in it; None for anything else."""
+
+    @property
+    def binary_bytes(self) -> int:
+        """Bytes of binary content the change adds here (deleting a binary file adds none)."""
+        return self.size if self.binary and self.mode else 0
+
+
+@dataclass(frozen=True)
+class _Raw:
+    path: str
+    status: str
+    old_mode: str
+    new_mode: str
+    old_blob: str
+    new_blob: str
+
+
+@dataclass(frozen=True)
+class _Blob:
+    size: int
+    binary: bool
+    lines: int
 
 
 def touched_paths(repo_path: str, base_sha: str, sha: str) -> list[Touched]:
-    """Every path that differs between the two commits, with its line counts (0 for binary files)."""
+    """Every path that differs between the two commits, with its line counts, sizes, modes and link targets."""
     run = GitRun(Path(repo_path))
-    common = ("--no-renames", "--no-ext-diff", "--no-textconv", "-z", base_sha, sha)
+    common = ("--no-renames", "--no-ext-diff", "--no-textconv", "--no-abbrev", "-z", base_sha, sha)
     # -z: paths verbatim, without git's quoting of unusual characters.
-    status_fields = [field for field in run("diff", "--name-status", *common).split("\0") if field]
-    statuses = dict(zip(status_fields[1::2], (s[:1] for s in status_fields[0::2]), strict=True))
-    touched: list[Touched] = []
+    fields = [field for field in run("diff", "--raw", *common).split("\0") if field]
+    raws = [_raw(meta, path) for meta, path in zip(fields[0::2], fields[1::2], strict=True)]
+    counted: dict[str, tuple[int, int] | None] = {}
     for record in run("diff", "--numstat", *common).split("\0"):
-        if not record:
-            continue
-        added, removed, path = record.split("\t", 2)
-        binary = added == "-"
+        if record:
+            plus, minus, path = record.split("\t", 2)
+            counted[path] = None if plus == "-" else (int(plus), int(minus))
+    regular = [r.old_blob for r in raws if r.old_mode in _REGULAR_MODES]
+    regular += [r.new_blob for r in raws if r.new_mode in _REGULAR_MODES]
+    links = {r.new_blob for r in raws if r.new_mode == SYMLINK_MODE}
+    blobs, kept = _read_blobs(run, [*regular, *links], keep=links)
+    touched: list[Touched] = []
+    for r in raws:
+        old = blobs.get(r.old_blob) if r.old_mode in _REGULAR_MODES else None
+        new = blobs.get(r.new_blob) if r.new_mode in _REGULAR_MODES else None
+        added, removed = _line_counts(run, r, counted.get(r.path), old, new)
+        shown = new if r.new_mode != "000000" else old
         touched.append(
             Touched(
-                path=path,
-                status=statuses.get(path, "M"),
-                added=0 if binary else int(added),
-                removed=0 if binary else int(removed),
-                binary=binary,
+                path=r.path,
+                status=r.status,
+                added=added,
+                removed=removed,
+                binary=shown is not None and shown.binary,
+                size=new.size if new is not None else 0,
+                mode="" if r.new_mode == "000000" else r.new_mode,
+                link_target=os.fsdecode(kept[r.new_blob]) if r.new_mode == SYMLINK_MODE else None,
             )
         )
     return touched
+
+
+def _raw(meta: str, path: str) -> _Raw:
+    old_mode, new_mode, old_blob, new_blob, status = meta.lstrip(":").split(" ")
+    return _Raw(path, status[:1], old_mode, new_mode, old_blob, new_blob)
+
+
+def _line_counts(
+    run: GitRun, raw: _Raw, counted: tuple[int, int] | None, old: _Blob | None, new: _Blob | None
+) -> tuple[int, int]:
+    """Added and removed text lines. Binary content on either side counts nothing here (its bytes count
+    instead), the text on the other side all of its lines."""
+    if (new is not None and new.binary) or (old is not None and old.binary):
+        return (new.lines if new is not None and not new.binary else 0), (
+            old.lines if old is not None and not old.binary else 0
+        )
+    if counted is not None:
+        return counted
+    # git called text binary: a `.gitattributes` says so. Count the lines without it.
+    if old is None or new is None:
+        return (new.lines if new is not None else 0), (old.lines if old is not None else 0)
+    return _text_numstat(run, raw.old_blob, raw.new_blob, fallback=(new.lines, old.lines))
+
+
+def _text_numstat(run: GitRun, old_blob: str, new_blob: str, *, fallback: tuple[int, int]) -> tuple[int, int]:
+    """git's line counts for two texts, diffed outside any repository (so no attributes apply)."""
+    _blobs, kept = _read_blobs(run, [old_blob, new_blob], keep={old_blob, new_blob})
+    with tempfile.TemporaryDirectory(prefix="factory-scope-") as scratch:
+        (Path(scratch) / "old").write_bytes(kept[old_blob])
+        (Path(scratch) / "new").write_bytes(kept[new_blob])
+        status, out, _err = GitRun(Path(scratch)).status(
+            "diff", "--no-index", "--numstat", "--no-ext-diff", "old", "new"
+        )
+    numbers = out.split("\t", 2)[:2]
+    if status not in (0, 1) or len(numbers) != 2 or not all(number.isdigit() for number in numbers):
+        return fallback  # every line of both, which is never less than the real count
+    return int(numbers[0]), int(numbers[1])
+
+
+def _read_blobs(
+    run: GitRun, shas: Iterable[str], *, keep: Iterable[str] = ()
+) -> tuple[dict[str, _Blob], dict[str, bytes]]:
+    """Size, binary-or-text and line count of each blob; the whole content of those in `keep`."""
+    keeping = set(keep)
+    wanted = sorted(set(shas) | keeping)
+    blobs: dict[str, _Blob] = {}
+    kept: dict[str, bytes] = {}
+    if not wanted:
+        return blobs, kept
+    sizes: dict[str, int] = {}
+    for line in _batch(run, "--batch-check", wanted).splitlines():
+        sha, _space, rest = line.decode().partition(" ")
+        kind, _space, size = rest.partition(" ")
+        if kind != "blob":
+            raise ValueError(f"{sha} is not a blob in the repository ({kind or 'missing'})")
+        sizes[sha] = int(size)
+    chunks: list[list[str]] = [[]]
+    total = 0
+    for sha in wanted:
+        if chunks[-1] and total + sizes[sha] > _BATCH_BYTES:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(sha)
+        total += sizes[sha]
+    for chunk in chunks:
+        data = _batch(run, "--batch", chunk)
+        position = 0
+        for sha in chunk:
+            start = data.index(b"\n", position) + 1
+            content = data[start : start + sizes[sha]]
+            position = start + sizes[sha] + 1
+            lines = content.count(b"\n") + (1 if content and not content.endswith(b"\n") else 0)
+            blobs[sha] = _Blob(size=len(content), binary=b"\0" in content[:_BINARY_PROBE], lines=lines)
+            if sha in keeping:
+                kept[sha] = content
+    return blobs, kept
+
+
+def _batch(run: GitRun, option: str, shas: list[str]) -> bytes:
+    """`git cat-file <option>` for these objects, as the bytes git wrote."""
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write("".join(f"{sha}\n" for sha in shas).encode())
+        stdin.seek(0)
+        out = run("cat-file", option, stdin=stdin)
+    # GitRun decodes like os.fsdecode (surrogateescape) and drops the final newline: undo both, exactly.
+    return os.fsencode(out) + b"\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Symlinks
+
+
+def escaping_links(repo_path: str, sha: str, touched: list[Touched]) -> list[str]:
+    """Each symlink the change adds or edits that leaves the tree, with why; empty when all stay inside.
+
+    Resolved the way the kernel follows them (a link met on the way is followed too) but lexically, on the
+    commit's tree: an absolute target, `..` past the root, or a component named `.git` leaves it."""
+    links = [item for item in touched if item.mode == SYMLINK_MODE]
+    if not links:
+        return []
+    tree = _LinkTree(GitRun(Path(repo_path)), sha)
+    problems: list[str] = []
+    for item in links:
+        target = item.link_target or ""
+        if why := tree.escape(item.path, target):
+            problems.append(f"{item.path} -> {_printable(target)}: {why}")
+    return problems
+
+
+class _LinkTree:
+    """One commit's tree, asked entry by entry which paths are symlinks and where they point."""
+
+    def __init__(self, run: GitRun, sha: str) -> None:
+        self._run = run
+        self._sha = sha
+        self._links: dict[str, str | None] = {}
+
+    def escape(self, path: str, target: str) -> str:
+        """Why `target`, written in the symlink at `path`, leaves the tree; "" when it stays inside."""
+        if target.startswith("/"):
+            return "an absolute target, outside the repository"
+        resolved = path.split("/")[:-1]
+        pending = deque(target.split("/"))
+        through: list[str] = []
+        while pending:
+            part = pending.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not resolved:
+                    return "it leaves the repository" + _via(through)
+                resolved.pop()
+                continue
+            if part.lower() == ".git":
+                return "it points into .git" + _via(through)
+            resolved.append(part)
+            inner = self._link_target("/".join(resolved))
+            if inner is None:
+                continue
+            through.append(f"{'/'.join(resolved)} -> {_printable(inner)}")
+            if len(through) > _MAX_LINK_HOPS:
+                return "too many levels of symbolic links (a loop)"
+            if inner.startswith("/"):
+                return "it leads to an absolute target, outside the repository" + _via(through)
+            resolved.pop()
+            pending.extendleft(reversed(inner.split("/")))
+        return ""
+
+    def _link_target(self, path: str) -> str | None:
+        """Where the symlink at `path` points; None when `path` is not a symlink in the tree."""
+        if path not in self._links:
+            self._links[path] = None
+            out = self._run("--literal-pathspecs", "ls-tree", "--full-tree", "-z", self._sha, "--", path)
+            meta, _tab, name = out.split("\0", 1)[0].partition("\t")
+            if name == path and meta.startswith(f"{SYMLINK_MODE} blob "):
+                blob = meta.split(" ")[2]
+                self._links[path] = os.fsdecode(_read_blobs(self._run, [blob], keep=[blob])[1][blob])
+        return self._links[path]
+
+
+def _via(through: list[str]) -> str:
+    return f" (through {', '.join(through)})" if through else ""
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else repr(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# The gate
 
 
 def scope_violations(paths: list[str], rules: TaskTypeRules) -> list[str]:
@@ -88,313 +306,72 @@ def scope_violations(paths: list[str], rules: TaskTypeRules) -> list[str]:
     return problems
 
 
-# --------------------------------------------------------------------------------------------------
-# Test weakening
-
-
-def weakened_tests(base_source: str | None, new_source: str | None, path: str) -> list[str]:
-    """How a change weakens the tests of one file: base and new text (None: absent). Empty: not weakened.
-
-    A new file weakens nothing; a deleted one weakens everything in it. Python files are compared test by
-    test: removed tests, fewer or edited asserts, new skip/xfail marks. A base that does not parse cannot
-    be weakened by this change; a new version that does not parse runs none of its tests.
-    """
-    if base_source is None:
-        return []
-    if new_source is None:
-        return [f"{path}: test file deleted"]
-    if not path.endswith(".py"):
-        return []
-    base_tree = _parse(base_source)
-    if base_tree is None:
-        return []
-    new_tree = _parse(new_source)
-    if new_tree is None:
-        return [f"{path}: no longer parses, so none of its tests run"]
-    base_tests = _test_functions(base_tree)
-    new_tests = _test_functions(new_tree)
-    problems: list[str] = []
-    for name, base_fn in base_tests.items():
-        new_fn = new_tests.get(name)
-        if new_fn is None:
-            problems.append(f"{path}:{base_fn.lineno} {name}: test removed")
-            continue
-        for problem in (_assert_changes(base_fn, new_fn), _case_changes(base_fn, new_fn)):
-            if problem:
-                problems.append(f"{path}:{new_fn.lineno} {name}: {problem}")
-    problems.extend(_new_skips(base_tree, new_tree, path))
-    return problems
-
-
-def _parse(source: str) -> ast.Module | None:
-    try:
-        return ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        # ValueError: null bytes, or undecodable bytes git handed over as surrogates.
-        return None
-
-
-_Function = ast.FunctionDef | ast.AsyncFunctionDef
-
-
-def _test_functions(tree: ast.Module) -> dict[str, _Function]:
-    """Test functions and methods by qualified name (`test_x`, `TestThing.test_y`), not nested in functions."""
-    found: dict[str, _Function] = {}
-
-    def visit(body: list[ast.stmt], prefix: str) -> None:
-        for node in body:
-            if isinstance(node, ast.ClassDef):
-                visit(node.body, f"{prefix}{node.name}.")
-            elif isinstance(node, _Function) and node.name.startswith("test"):
-                found[f"{prefix}{node.name}"] = node
-
-    visit(tree.body, "")
-    return found
-
-
-def _assertions(fn: _Function) -> list[ast.AST]:
-    """assert statements and asserting calls (`self.assertEqual`, `mock.assert_called_once`, `pytest.raises`)."""
-    found: list[ast.AST] = []
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Assert):
-            found.append(node)
-        elif isinstance(node, ast.Call):
-            name = _call_name(node.func)
-            if name.startswith("assert") or name in _ASSERTING_CALLS:
-                found.append(node)
-    return found
-
-
-def _call_name(func: ast.expr) -> str:
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    if isinstance(func, ast.Name):
-        return func.id
-    return ""
-
-
-def _assert_changes(base_fn: _Function, new_fn: _Function) -> str:
-    """What happened to a test's assertions, or "" when every base assertion is still there unchanged."""
-    base = _assertions(base_fn)
-    new = _assertions(new_fn)
-    # ast.dump leaves out positions, so moving or reformatting an assert is not an edit.
-    missing_keys = Counter(ast.dump(node) for node in base) - Counter(ast.dump(node) for node in new)
-    missing: list[ast.AST] = []
-    for node in base:
-        key = ast.dump(node)
-        if missing_keys[key] > 0:
-            missing_keys[key] -= 1
-            missing.append(node)
-    if not missing and len(new) >= len(base):
-        return ""
-    shown = "; ".join(f"`{_snippet(node)}`" for node in missing[:3])
-    if len(new) < len(base):
-        fewer = f"{len(base) - len(new)} assert(s) fewer ({len(base)} → {len(new)})"
-        return f"{fewer}; removed or changed: {shown}" if shown else fewer
-    return f"assert(s) edited (expected values must not change): {shown}"
-
-
-def _cases(fn: _Function) -> list[ast.AST]:
-    """The cases of `@pytest.mark.parametrize` decorators: each element of a literal list, else the whole call."""
-    cases: list[ast.AST] = []
-    for decorator in fn.decorator_list:
-        if not (isinstance(decorator, ast.Call) and _call_name(decorator.func) == "parametrize"):
-            continue
-        values = decorator.args[1] if len(decorator.args) > 1 else None
-        values = next((kw.value for kw in decorator.keywords if kw.arg == "argvalues"), values)
-        if isinstance(values, ast.List | ast.Tuple):
-            cases.extend(values.elts)
-        else:
-            cases.append(decorator)
-    return cases
-
-
-def _case_changes(base_fn: _Function, new_fn: _Function) -> str:
-    """Parametrized cases hold expected values too: removing or editing one weakens the test; adding is fine."""
-    missing = Counter(ast.dump(node) for node in _cases(base_fn)) - Counter(ast.dump(node) for node in _cases(new_fn))
-    if not missing:
-        return ""
-    shown = [node for node in _cases(base_fn) if ast.dump(node) in missing][:3]
-    return "parametrize case(s) removed or changed: " + "; ".join(f"`{_snippet(node)}`" for node in shown)
-
-
-def _snippet(node: ast.AST, limit: int = 100) -> str:
-    text = " ".join(ast.unparse(node).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _new_skips(base_tree: ast.Module, new_tree: ast.Module, path: str) -> list[str]:
-    """Skip/xfail marks and calls the change adds to existing scopes (new tests may skip what they like)."""
-    base_scopes, base_marks = _skip_marks(base_tree)
-    _new_scopes, new_marks = _skip_marks(new_tree)
-    counts: Counter[tuple[str, str]] = Counter()
-    first_line: dict[tuple[str, str], int] = {}
-    for scope, kind, line in new_marks:
-        if _in_new_test(scope, base_scopes):
-            continue
-        counts[(scope, kind)] += 1
-        first_line.setdefault((scope, kind), line)
-    counts.subtract(Counter((scope, kind) for scope, kind, _line in base_marks))
-    return [
-        f"{path}:{first_line[key]} {key[0] or 'module level'}: new `{key[1]}`"
-        for key, count in sorted(counts.items(), key=lambda item: first_line.get(item[0], 0))
-        if count > 0
-    ]
-
-
-def _in_new_test(scope: str, base_scopes: set[str]) -> bool:
-    """Is the scope inside a test function or Test* class that the base does not have?"""
-    parts = scope.split(".") if scope else []
-    for index, name in enumerate(parts):
-        qualified = ".".join(parts[: index + 1])
-        if qualified not in base_scopes and (name.startswith("test") or name.startswith("Test")):
-            return True
-    return False
-
-
-def _skip_marks(tree: ast.Module) -> tuple[set[str], list[tuple[str, str, int]]]:
-    """All def/class qualified names, and every skip construct as (enclosing scope, dotted name, line).
-
-    A decorator belongs to the function or class it decorates, so `@pytest.mark.skip` on `test_x` is in
-    scope `test_x`; module-level `pytestmark = pytest.mark.skip` is in scope "".
-    """
-    modules: set[str] = set()
-    imported: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] in _TEST_MODULES:
-                    modules.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _TEST_MODULES:
-            for alias in node.names:
-                imported[alias.asname or alias.name] = alias.name
-
-    scopes: set[str] = set()
-    marks: list[tuple[str, str, int]] = []
-    stack: list[str] = []
-
-    class Visitor(ast.NodeVisitor):
-        def _scoped(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
-            stack.append(node.name)
-            scopes.add(".".join(stack))
-            self.generic_visit(node)
-            stack.pop()
-
-        visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _scoped
-
-        def visit_Attribute(self, node: ast.Attribute) -> None:
-            parts = _dotted(node)
-            if parts and _is_skip(parts, modules):
-                marks.append((".".join(stack), ".".join(parts), node.lineno))
-                return
-            self.generic_visit(node)
-
-        def visit_Name(self, node: ast.Name) -> None:
-            original = imported.get(node.id)
-            if isinstance(node.ctx, ast.Load) and original in _SKIP_DISTINCT | _SKIP_AMBIGUOUS | _SKIP_MARKS:
-                marks.append((".".join(stack), node.id, node.lineno))
-
-    Visitor().visit(tree)
-    return scopes, marks
-
-
-def _dotted(node: ast.Attribute) -> list[str]:
-    """`pytest.mark.skip` as ["pytest", "mark", "skip"]; [] when the chain does not start at a name."""
-    parts: list[str] = []
-    current: ast.expr = node
-    while isinstance(current, ast.Attribute):
-        parts.append(current.attr)
-        current = current.value
-    if not isinstance(current, ast.Name):
-        return []
-    parts.append(current.id)
-    return parts[::-1]
-
-
-def _is_skip(parts: list[str], modules: set[str]) -> bool:
-    last = parts[-1]
-    if len(parts) >= 2 and parts[-2] == "mark" and last in _SKIP_MARKS:
-        return True
-    if last in _SKIP_DISTINCT:
-        return True
-    return last in _SKIP_AMBIGUOUS and (parts[0] in modules or parts[0] in _TEST_MODULES)
-
-
-def _blob(run: GitRun, sha: str, path: str) -> str | None:
-    status, out, _err = run.status("cat-file", "blob", f"{sha}:{path}")
-    return out if status == 0 else None
-
-
-def _weakening(ctx: GateContext, touched: list[Touched]) -> list[str]:
-    run = GitRun(Path(ctx.repo_path))
-    problems: list[str] = []
-    for item in touched:
-        # Only files that existed at the base can be weakened; new test files are welcome.
-        if item.status == "A" or not is_test_path(item.path):
-            continue
-        base = _blob(run, ctx.base_sha, item.path)
-        new = None if item.status == "D" else _blob(run, ctx.sha, item.path)
-        problems.extend(weakened_tests(base, new, item.path))
-    return problems
-
-
-# --------------------------------------------------------------------------------------------------
-# The gate
-
-
 def scope_gate(ctx: GateContext) -> GateResult:
-    """Paths within the task type's rules, existing tests intact; protected paths or a big diff need approval."""
+    """Paths within the task type's rules, existing tests intact, symlinks inside the tree, binary files small;
+    protected paths or a big diff need approval."""
     try:
         return _scope(ctx)
     except Exception as exc:
-        # An unchecked change is not a passing one: any failure to measure the change fails the gate.
+        # An unchecked change is not a passing one: any failure to measure the change fails the gate, and
+        # what it touches is unknown, so it may touch the always-protected paths.
         return GateResult(
             gate="scope",
             passed=False,
             summary=f"scope check failed: {type(exc).__name__}",
             feedback=_bounded(f"The scope of the change could not be measured: {exc}"),
+            touches_always_protected=True,
         )
 
 
 def _scope(ctx: GateContext) -> GateResult:
     rules = ctx.policy.rules_for(ctx.task_type)
     touched = touched_paths(ctx.repo_path, ctx.base_sha, ctx.sha)
+    always_protected = any(is_always_protected(item.path) for item in touched)
     out_of_scope = scope_violations([item.path for item in touched], rules)
-    weakened = [] if rules.allow_test_edits else _weakening(ctx, touched)
+    changes = [(item.path, item.status) for item in touched]
+    weakened = [] if rules.allow_test_edits else weakened_in_change(ctx.repo_path, ctx.base_sha, ctx.sha, changes)
+    links = escaping_links(ctx.repo_path, ctx.sha, touched)
+    cap = ctx.policy.limits.max_binary_bytes
+    oversized = [
+        f"{item.path}: a binary file of {_bytes(item.binary_bytes)}, over the limit of {_bytes(cap)}"
+        for item in touched
+        if item.binary_bytes > cap
+    ]
     added = sum(item.added for item in touched)
     removed = sum(item.removed for item in touched)
-    stat = f"{len(touched)} file(s), +{added}/-{removed} lines"
+    binary_bytes = sum(item.binary_bytes for item in touched)
+    binary_lines = sum(-(-item.binary_bytes // BINARY_BYTES_PER_LINE) for item in touched)
+    stat = f"{len(touched)} file(s), +{added}/-{removed} lines" + (
+        f", {_bytes(binary_bytes)} of binary" if binary_bytes else ""
+    )
 
-    listing = [
-        f"{item.status} {'bin' if item.binary else f'+{item.added} -{item.removed}'}\t{item.path}" for item in touched
-    ]
-    sections = [f"task type: {ctx.task_type}\n{stat}", "\n".join(listing)]
-    if out_of_scope:
-        sections.append("out of scope:\n" + "\n".join(out_of_scope))
-    if weakened:
-        sections.append("weakened tests:\n" + "\n".join(weakened))
+    sections = [f"task type: {ctx.task_type}\n{stat}", "\n".join(_listing(item) for item in touched)]
+    failures = [
+        (out_of_scope, f"{len(out_of_scope)} path(s) outside the scope of a {ctx.task_type} task",
+         f"Paths a `{ctx.task_type}` task may not touch (revert these changes):"),
+        (weakened, f"{len(weakened)} existing test(s) weakened",
+         f"A `{ctx.task_type}` task may not delete, skip or weaken existing tests; restore them and fix the code "
+         "instead (new tests are welcome):"),
+        (links, f"{len(links)} symlink(s) leaving the repository",
+         "Symlinks must stay inside the repository (relative, not through `..` past the root or into `.git`); "
+         "remove these links or point them at files in the tree:"),
+        (oversized, f"{len(oversized)} binary file(s) over {_bytes(cap)}",
+         "Binary files this large may not be added; remove them (generate them at build time, or keep them "
+         "outside the repository):"),
+    ]  # fmt: skip
+    for items, title, _ask in failures:
+        if items:
+            sections.append(f"{title}:\n" + "\n".join(items))
     details = ctx.blobs.put_text("\n\n".join(sections) + "\n")
 
-    if out_of_scope or weakened:
-        feedback: list[str] = []
-        summary: list[str] = []
-        if out_of_scope:
-            summary.append(f"{len(out_of_scope)} path(s) outside the scope of a {ctx.task_type} task")
-            feedback.append(
-                f"Paths a `{ctx.task_type}` task may not touch (revert these changes):\n" + _listed(out_of_scope)
-            )
-        if weakened:
-            summary.append(f"{len(weakened)} existing test(s) weakened")
-            feedback.append(
-                f"A `{ctx.task_type}` task may not delete, skip or weaken existing tests; restore them and fix the "
-                "code instead (new tests are welcome):\n" + _listed(weakened)
-            )
+    if any(items for items, _title, _ask in failures):
         return GateResult(
             gate="scope",
             passed=False,
-            summary="; ".join(summary),
-            feedback=_bounded("\n\n".join(feedback)),
+            summary="; ".join(title for items, title, _ask in failures if items),
+            feedback=_bounded("\n\n".join(f"{ask}\n{_listed(items)}" for items, _title, ask in failures if items)),
             details_ref=details,
+            touches_always_protected=always_protected,
         )
 
     reasons: list[str] = []
@@ -403,15 +380,33 @@ def _scope(ctx: GateContext) -> GateResult:
         shown = ", ".join(protected[:5]) + (f" and {len(protected) - 5} more" if len(protected) > 5 else "")
         reasons.append(f"touches protected path(s): {shown}")
     limit = ctx.policy.limits.max_diff_lines
-    if added + removed > limit:
-        reasons.append(f"{added + removed} changed lines exceed the limit of {limit}")
+    if added + removed + binary_lines > limit:
+        of_binary = f" ({binary_lines} of them for {_bytes(binary_bytes)} of binary)" if binary_lines else ""
+        reasons.append(f"{added + removed + binary_lines} changed lines{of_binary} exceed the limit of {limit}")
     return GateResult(
         gate="scope",
         passed=True,
         summary=f"{stat}, within scope" + ("; needs approval" if reasons else ""),
         details_ref=details,
         needs_approval="; ".join(reasons),
+        touches_always_protected=always_protected,
     )
+
+
+def _listing(item: Touched) -> str:
+    counts = f"+{item.added} -{item.removed}"
+    if item.binary:
+        counts = f"bin {item.size}B" if item.mode else "bin"
+    link = f" -> {_printable(item.link_target)}" if item.link_target is not None else ""
+    return f"{item.status} {counts}\t{item.path}{link}"
+
+
+def _bytes(count: int) -> str:
+    """`2,097,152 bytes (2.0 MiB)`: exact, and readable."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count:,} bytes ({count / size:.1f} {unit})"
+    return f"{count:,} bytes"
 
 
 def _listed(items: list[str]) -> str:
