@@ -25,6 +25,7 @@ TEST_PATH_GLOBS = ("tests/**", "test/**", "**/tests/**", "**/test_*.py", "**/*_t
 GateName = Literal["scope", "secrets", "syntax", "lint", "types", "tests", "acceptance", "review"]
 TaskType = Literal["feature", "bugfix", "refactor", "test", "docs"]
 ALL_GATES: tuple[GateName, ...] = ("scope", "secrets", "syntax", "lint", "types", "tests", "acceptance", "review")
+MANDATORY_GATES: tuple[GateName, ...] = ("scope", "secrets")
 
 
 class PolicyError(ValueError):
@@ -160,7 +161,8 @@ class Policy(_Config):
 
     commands: Commands = Field(default_factory=Commands)
     gates: list[GateName] = Field(default_factory=lambda: list(ALL_GATES))
-    """The gates to run, in order (cheapest first is the point)."""
+    """The gates to run, in order (cheapest first is the point). `scope` and `secrets` always run first,
+    listed or not: a repository's policy cannot switch off what keeps CI changes and credentials out."""
     protected: list[str] = Field(default_factory=list)
     """Path globs whose change needs a person's approval, in addition to CI config and `.factory/`."""
     task_types: dict[TaskType, TaskTypeRules] = Field(default_factory=_default_task_types)
@@ -169,6 +171,11 @@ class Policy(_Config):
     review: Review = Field(default_factory=Review)
     tests: SuiteRules = Field(default_factory=SuiteRules)
     sandbox: SandboxRules = Field(default_factory=SandboxRules)
+
+    @field_validator("gates")
+    @classmethod
+    def _mandatory_first(cls, gates: list[GateName]) -> list[GateName]:
+        return [*MANDATORY_GATES, *(gate for gate in gates if gate not in MANDATORY_GATES)]
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         # A file that configures one type keeps the defaults of the others (docs stay docs-only).

@@ -53,3 +53,9 @@ def test_ci_config_and_the_policy_itself_are_always_protected() -> None:
 def test_double_star_globs_match_at_any_depth_including_the_top() -> None:
     assert matches("test_x.py", ["**/test_*.py"]) and matches("a/b/test_x.py", ["**/test_*.py"])
     assert not matches("src/x.py", ["docs/**"])
+
+
+def test_a_policy_cannot_switch_off_the_scope_and_secrets_gates() -> None:
+    # Without them a repository's policy could merge a CI workflow or a credential with no one asked.
+    policy = parse_policy('gates = ["tests"]\n')
+    assert policy.gates == ["scope", "secrets", "tests"]
