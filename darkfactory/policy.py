@@ -172,11 +172,6 @@ class Policy(_Config):
     tests: SuiteRules = Field(default_factory=SuiteRules)
     sandbox: SandboxRules = Field(default_factory=SandboxRules)
 
-    @field_validator("gates")
-    @classmethod
-    def _mandatory_first(cls, gates: list[GateName]) -> list[GateName]:
-        return [*MANDATORY_GATES, *(gate for gate in gates if gate not in MANDATORY_GATES)]
-
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         # A file that configures one type keeps the defaults of the others (docs stay docs-only).
         defaults = _default_task_types()
@@ -237,10 +232,14 @@ def parse_policy(text: str | None, source: str = POLICY_PATH) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source} is not valid TOML: {exc}") from exc
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
             for error in exc.errors()[:5]
         )
         raise PolicyError(f"{source}: {problems}") from exc
+    # The repository's file may order and add gates, never drop these (the factory's own runs may: the
+    # integration branch's whole-tree check has no scope to judge).
+    gates = [*MANDATORY_GATES, *(gate for gate in policy.gates if gate not in MANDATORY_GATES)]
+    return policy.model_copy(update={"gates": gates})
