@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import structlog
 import typer
+from pydantic import SecretStr
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, Interceptor
@@ -30,9 +31,10 @@ from activities.model import ModelActivities
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
+from darkfactory.cli.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.constants import QUEUE_CLASSES, SEARCH_ATTRIBUTES, TASK_QUEUE, queue_name
-from darkfactory.llm import ModelClient, build_model_client
-from darkfactory.settings import FactorySettings, TemporalSettings
+from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
+from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.telemetry import configure_logging, configure_tracing, shutdown_tracing
 from workflows import WORKFLOWS
 
@@ -47,14 +49,22 @@ _INDEXED_TYPES = {
 
 
 class ModelClients:
-    """One client per model string per process (the SDK client pools connections; transcripts load once)."""
+    """One client per model string per process (the SDK client pools connections; transcripts load once).
 
-    def __init__(self) -> None:
+    `api_key` is handed to the SDK explicitly, so a key read from ANTHROPIC_API_KEY_FILE works; None lets
+    the SDK read ANTHROPIC_API_KEY itself.
+    """
+
+    def __init__(self, api_key: SecretStr | None = None) -> None:
         self._clients: dict[str, ModelClient] = {}
+        self._api_key = api_key
 
     def __call__(self, model: str) -> ModelClient:
         if model not in self._clients:
-            self._clients[model] = build_model_client(model)
+            if model.startswith(SCRIPTED_PREFIX) or self._api_key is None:
+                self._clients[model] = build_model_client(model)
+            else:
+                self._clients[model] = AnthropicClient(api_key=self._api_key.get_secret_value())
         return self._clients[model]
 
     async def aclose(self) -> None:
@@ -142,14 +152,20 @@ def build_worker(
     model_clients: ModelClients | None = None,
     max_concurrent_activities: int | None = None,
     serve: Sequence[str] = QUEUE_CLASSES,
+    credentials: Credentials | None = None,
 ) -> FactoryWorkers:
     """Workers for the resource classes in `serve` (all by default), each capped by what limits it:
-    workflows and git steps by a thread pool, model calls by the provider's rate limits, gates by cores."""
+    workflows and git steps by a thread pool, model calls by the provider's rate limits, gates by cores.
+
+    Model clients use `credentials` (default: read from the environment now) unless `model_clients` is given.
+    """
     unknown = set(serve) - set(QUEUE_CLASSES)
     if unknown:
         raise ValueError(f"unknown resource class(es) {sorted(unknown)}; choose from {', '.join(QUEUE_CLASSES)}")
     blobs = BlobStore(settings.blobs_dir)
-    clients = model_clients or ModelClients()
+    if model_clients is None:
+        model_clients = ModelClients((credentials or load_credentials()).anthropic_api_key)
+    clients = model_clients
     model = ModelActivities(clients, blobs)
     workspace = WorkspaceActivities(settings, blobs)
     gates = GateActivities(settings, blobs)
@@ -204,7 +220,15 @@ def build_worker(
     return FactoryWorkers(workers, clients)
 
 
-async def run_worker(task_queue: str, max_concurrent: int | None, serve: Sequence[str] = QUEUE_CLASSES) -> None:
+async def run_worker(
+    task_queue: str,
+    max_concurrent: int | None,
+    serve: Sequence[str] = QUEUE_CLASSES,
+    *,
+    credentials: Credentials | None = None,
+    degraded_sandbox: bool = False,
+) -> None:
+    credentials = credentials or load_credentials()
     temporal = TemporalSettings()
     settings = FactorySettings()
     address = temporal.address
@@ -214,10 +238,21 @@ async def run_worker(task_queue: str, max_concurrent: int | None, serve: Sequenc
         address = config.address
     client = await connect(temporal, address)
     await ensure_search_attributes(client)
-    if not os.environ.get("ANTHROPIC_API_KEY"):
+    if credentials.anthropic_api_key is None and "model" in serve:
         log.warning("no_anthropic_key", hint="only scripted:... models will work on this worker")
+    if degraded_sandbox:
+        log.warning(
+            "sandbox_degraded",
+            opted_out_by=FLAG,
+            hint=f"commands run unsandboxed with a scrubbed environment; {INSTALL}",
+        )
     worker = build_worker(
-        client, settings, task_queue=task_queue, max_concurrent_activities=max_concurrent, serve=serve
+        client,
+        settings,
+        task_queue=task_queue,
+        max_concurrent_activities=max_concurrent,
+        serve=serve,
+        credentials=credentials,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -249,11 +284,24 @@ def serve(
     serve: str = typer.Option(
         ",".join(QUEUE_CLASSES), help="Resource classes to serve: workflows, model, gates (comma-separated)."
     ),
+    allow_degraded_sandbox: bool = typer.Option(
+        False,
+        FLAG,
+        help="Serve even where bubblewrap is unusable: commands run unsandboxed, with a scrubbed environment "
+        "only. Without it such a worker refuses to start (unless it serves only model calls).",
+    ),
 ) -> None:
     """Serve the factory's workflows and activities until SIGINT/SIGTERM. Logs are JSON lines on stderr."""
-    configure_logging(log_level)
     classes = [name.strip() for name in serve.split(",") if name.strip()]
-    asyncio.run(run_worker(task_queue, max_concurrent, classes))
+    # Before connecting or serving anything: a refused worker takes no task, so makes no model call.
+    try:
+        degraded = worker_runs_degraded(classes, flag=allow_degraded_sandbox)
+        credentials = load_credentials()
+    except (DegradedSandbox, CredentialsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(log_level)
+    asyncio.run(run_worker(task_queue, max_concurrent, classes, credentials=credentials, degraded_sandbox=degraded))
 
 
 def exit_cleanly(run: Callable[[], object]) -> NoReturn:

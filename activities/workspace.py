@@ -37,7 +37,7 @@ from darkfactory.contracts import (
 )
 from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.sandbox import worker_secret_values
-from darkfactory.settings import FactorySettings
+from darkfactory.settings import CredentialsError, FactorySettings, load_credentials
 from darkfactory.target_env import TargetEnvError, ensure_target_env
 from darkfactory.untrusted import redact_secrets
 
@@ -207,9 +207,12 @@ class WorkspaceActivities:
         return revert
 
     def _open_pull_request(self, input: ShipInput) -> ShipResult:
-        token = os.environ.get("GITHUB_TOKEN")
+        try:
+            token = load_credentials().github_key()
+        except CredentialsError as exc:
+            raise workspace.ShipError(str(exc)) from None
         if not token:
-            raise workspace.ShipError("--ship pr needs GITHUB_TOKEN in the workers' environment")
+            raise workspace.ShipError("--ship pr needs GITHUB_TOKEN or GITHUB_TOKEN_FILE in the workers' environment")
         owner_repo = input.github_repo
         if owner_repo is None:
             url = workspace.GitRun(Path(input.repo_path))("remote", "get-url", input.remote)

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from darkfactory.cli.strict_sandbox import degraded_note
 from darkfactory.contracts import BaselineSummary, GateResult, RunState, TaskSummary
 from darkfactory.llm import PRICES_USD_PER_MTOK, estimate_cost_usd
 
@@ -76,6 +77,10 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     console.print(f"\nRun [bold]{state.run_id}[/]: {verdict}", highlight=False)
     if state.error:
         console.print(f"[red]{state.error}[/]", highlight=False)
+    if state.degraded_sandbox is not None:
+        console.print(f"sandbox: {degraded_note(state.degraded_sandbox)}", highlight=False, markup=False)
+    for note in state.input_notes:
+        console.print(f"input cleaned: {note}", highlight=False, markup=False)
     if state.baseline is not None:
         for line in _baseline_lines(state.baseline):
             console.print(line, highlight=False, markup=False)

@@ -1,17 +1,19 @@
-"""Process settings from the environment: where data lives and how to reach Temporal.
+"""Process settings from the environment: where data lives, how to reach Temporal, and credentials.
 
-Read by the entry points only (worker.py, starter.py); workflows get everything they need as input.
+Read by the entry points only (worker.py, starter.py and its command groups in darkfactory/cli/); workflows get
+everything they need as input.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from darkfactory.constants import DEFAULT_NAMESPACE
 from darkfactory.devserver import default_data_dir
+from darkfactory.sandbox import register_worker_secret
 
 
 class FactorySettings(BaseSettings):
@@ -78,3 +80,68 @@ class TemporalSettings(BaseSettings):
     @property
     def use_tls(self) -> bool:
         return self.tls or self.api_key is not None or self.tls_cert is not None or self.tls_ca is not None
+
+
+class CredentialsError(ValueError):
+    """Credentials are configured wrongly (both a variable and its `_FILE`, an unreadable or empty file).
+    The message names the variables and paths, never a secret."""
+
+
+class Credentials(BaseSettings):
+    """Secrets, from the environment or from files (`ANTHROPIC_API_KEY_FILE`, `GITHUB_TOKEN_FILE`).
+
+    A `_FILE` variable names a file holding the secret (a mounted Kubernetes or Docker secret, a file only
+    the worker's user may read), so the secret itself is in no process's initial environment and no child
+    process inherits it. Setting both a variable and its `_FILE` is an error naming both: two sources of
+    one secret would silently disagree some day. Values are `SecretStr`: reprs, logs and dumps show stars.
+    """
+
+    # No prefix: the names are the vendors' own. An empty variable counts as unset. hide_input_in_errors:
+    # a validation error never echoes the environment it was read from.
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, hide_input_in_errors=True)
+
+    anthropic_api_key: SecretStr | None = None
+    """`ANTHROPIC_API_KEY`: the Claude API key the workers' model calls use."""
+    anthropic_api_key_file: Path | None = None
+    """`ANTHROPIC_API_KEY_FILE`: a file holding the key (surrounding whitespace is stripped)."""
+    github_token: SecretStr | None = None
+    """`GITHUB_TOKEN`: for `--ship pr` (pull requests: write on the repository)."""
+    github_token_file: Path | None = None
+    """`GITHUB_TOKEN_FILE`: a file holding the token."""
+
+    @model_validator(mode="after")
+    def _read_files(self) -> Credentials:
+        for name in ("anthropic_api_key", "github_token"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            var, file_var = name.upper(), f"{name.upper()}_FILE"
+            if getattr(self, name) is not None:
+                raise CredentialsError(f"both {var} and {file_var} are set; set only one of them")
+            try:
+                value = path.expanduser().read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise CredentialsError(f"{file_var}={path}: cannot read it ({reason})") from None
+            if not value:
+                raise CredentialsError(f"{file_var}={path} is empty; put the secret in it")
+            setattr(self, name, SecretStr(value))
+            register_worker_secret(value)  # not in os.environ, yet the secret checks must know it
+        return self
+
+    def anthropic_key(self) -> str | None:
+        return self.anthropic_api_key.get_secret_value() if self.anthropic_api_key is not None else None
+
+    def github_key(self) -> str | None:
+        return self.github_token.get_secret_value() if self.github_token is not None else None
+
+
+def load_credentials() -> Credentials:
+    """The process's credentials; `CredentialsError` (with a message fit to print) when misconfigured."""
+    try:
+        return Credentials()
+    except ValidationError as exc:
+        # The validator's own messages: they name variables and paths. Pydantic's rendering would add the
+        # error type and location, which say nothing to a person setting environment variables.
+        messages = [str(error.get("ctx", {}).get("error") or error["msg"]) for error in exc.errors()]
+        raise CredentialsError("; ".join(messages)) from None

@@ -179,13 +179,13 @@ def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
         for r in requests
     )
     assert "sk-test-not-a-secret-42" not in result.stdout + result.stderr
-    # The retry's first request carries the failing test id from the tests gate, inside <feedback>.
+    # The retry's first request carries the failing test id from the tests gate, marked as data.
     retry = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:2:1")
     first_message = retry.body["messages"][0]["content"]
     first_text = first_message if isinstance(first_message, str) else json.dumps(first_message)
-    assert "<feedback>" in first_text and "test_slugify_drops_punctuation_and_outer_spaces" in first_text
+    assert 'source="gate feedback"' in first_text and "test_slugify_drops_punctuation_and_outer_spaces" in first_text
     first_attempt = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:1:1")
-    assert "<feedback>" not in json.dumps(first_attempt.body["messages"][0]["content"])
+    assert "gate feedback" not in json.dumps(first_attempt.body["messages"][0]["content"])
     # The reviewer works in a fresh context: one user message with spec, task, diff and gate results — no
     # part of the generator's conversation (its words, its tool calls, its tool results).
     reviews = [r for r in requests if context_from_request(r.body).purpose == "review"]
@@ -194,7 +194,7 @@ def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
     for review in reviews:
         assert [m["role"] for m in review.body["messages"]] == ["user"]
         body = json.dumps(review.body)
-        assert "<diff>" in body and "Deterministic checks on this change" in body
+        assert 'source=\\"diff\\"' in body and "Deterministic checks on this change" in body  # body is JSON
         assert not [words for words in generator_words if words in body]
     # The ended run's summary stays readable by id, with no worker running.
     status = factory(cli_env, "status", summary["run_id"], "--json")

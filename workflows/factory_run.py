@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
@@ -81,6 +82,8 @@ class FactoryRunWorkflow:
             scripted=config.scripted,
             phase="preparing",
             ship_mode=config.ship,
+            degraded_sandbox=config.degraded_sandbox,
+            input_notes=config.input_notes,
         )
         self._book.set_phase("preparing")
         try:
@@ -329,13 +332,13 @@ class FactoryRunWorkflow:
 
     async def _activity(
         self,
-        method,
-        arg,
+        method: Any,
+        arg: Any,
         timeout_s: float,
         *,
-        heartbeat_s: float | None = None,  # type: ignore[no-untyped-def]
+        heartbeat_s: float | None = None,
         retry: RetryPolicy = STEP_RETRY,
-    ):
+    ) -> Any:
         """Run an activity; a non-retryable failure ends the run with the activity's own message."""
         try:
             return await workflow.execute_activity_method(

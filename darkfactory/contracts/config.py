@@ -10,6 +10,9 @@ from pydantic import Field, field_validator
 from darkfactory.contracts.base import RUN_ID_PATTERN, Frozen
 
 ShipMode = Literal["branch", "merge", "push", "pr"]
+SandboxOptOut = Literal["flag", "policy", "scripted"]
+"""Why a run may run commands without bubblewrap: `--allow-degraded-sandbox`, the policy's
+`[sandbox] allow_degraded`, or a scripted model (its commands come from a recorded transcript)."""
 
 
 class Timeouts(Frozen):
@@ -52,6 +55,12 @@ class RunConfig(Frozen):
     """The target's test command (argv). None: `python -m pytest -q`."""
     setup_commands: list[list[str]] | None = None
     """Commands (argv) that install the target's test environment after the venv exists. None: defaults."""
+    degraded_sandbox: SandboxOptOut | None = None
+    """Set when the run was started where bubblewrap is unusable: the opt-out that allowed it. None: the
+    sandbox was not degraded where the starter could see (in remote mode each worker checks its own)."""
+    input_notes: list[str] = Field(default_factory=list)
+    """What was removed from the spec before any prompt, blob or history saw it (secrets redacted, hidden
+    text stripped), e.g. "spec: 1 secret redacted (anthropic-api-key)"."""
 
     @property
     def scripted(self) -> bool:

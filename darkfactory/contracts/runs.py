@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from darkfactory.contracts.base import Frozen
-from darkfactory.contracts.config import ShipMode
+from darkfactory.contracts.config import SandboxOptOut, ShipMode
 from darkfactory.contracts.gates import BaselineSummary, GateResult
 from darkfactory.contracts.messages import Usage
 from darkfactory.contracts.people import Decision
@@ -36,6 +36,10 @@ class RunState(Frozen):
     model: str
     scripted: bool
     phase: RunPhase
+    degraded_sandbox: SandboxOptOut | None = None
+    """The run's `config.degraded_sandbox`: it runs commands without bubblewrap, allowed by this opt-out."""
+    input_notes: list[str] = Field(default_factory=list)
+    """The run's `config.input_notes`: what was removed from its spec when it was started."""
     integration_branch: str | None = None
     base_sha: str | None = None
     plan_summary: str = ""

@@ -1,0 +1,151 @@
+"""Command-line input -> a `RunRequest`, validated before anything starts (a bad input exits 2, nothing made).
+
+The target is checked here, on the client: the repository and base branch exist, its policy (read at the
+base commit, as `prepare_run` will read it) parses, a model is configured, and — when this process's own
+worker will run the commands — the sandbox is strict or someone opted out (see `strict_sandbox`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import cast
+
+from darkfactory.cli.session import UsageError
+from darkfactory.cli.strict_sandbox import DegradedSandbox, run_opt_out
+from darkfactory.constants import DEFAULT_MODEL
+from darkfactory.contracts import RunConfig, RunRequest, ShipMode, slugify_run_id
+from darkfactory.policy import POLICY_PATH, Policy, PolicyError, parse_policy
+from darkfactory.sandbox import worker_secret_values
+from darkfactory.scripted import ScriptedTranscript
+from darkfactory.settings import CredentialsError, TemporalSettings, load_credentials
+from darkfactory.untrusted import clean_untrusted
+from darkfactory.workspace import TargetError, read_file_at, validate_target
+
+
+def read_spec(spec: Path | None, spec_text: str | None) -> str:
+    if (spec is None) == (spec_text is None):
+        raise UsageError("give exactly one of --spec FILE or --spec-text TEXT")
+    if spec is not None:
+        if not spec.is_file():
+            raise UsageError(f"spec file {spec} does not exist")
+        text = spec.read_text()
+        if not text.strip():
+            raise UsageError(f"spec file {spec} is empty; write what you want built into it")
+        return text
+    assert spec_text is not None
+    if not spec_text.strip():
+        raise UsageError("--spec-text is empty; say what you want built")
+    return spec_text
+
+
+def resolve_model(model: str | None, remote: bool) -> str:
+    chosen = model or os.environ.get("DARKFACTORY_MODEL") or DEFAULT_MODEL
+    if chosen.startswith("scripted:"):
+        path = Path(chosen.removeprefix("scripted:")).expanduser().resolve()
+        try:
+            ScriptedTranscript.load(path)
+        except Exception as exc:
+            raise UsageError(f"scripted transcript {path}: {exc}") from exc
+        return f"scripted:{path}"
+    if remote:
+        return chosen  # the workers hold the credentials
+    try:
+        credentials = load_credentials()
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
+    if credentials.anthropic_api_key is None:
+        raise UsageError(
+            "no model: set ANTHROPIC_API_KEY or ANTHROPIC_API_KEY_FILE (and ANTHROPIC_BASE_URL for a gateway) to "
+            "use Claude, or pass --model scripted:PATH to play a recorded transcript"
+        )
+    return chosen
+
+
+def read_acceptance_tests(directory: Path | None) -> dict[str, str]:
+    """The spec's held-out acceptance tests: every test_*.py file in `directory` (not recursive)."""
+    if directory is None:
+        return {}
+    if not directory.is_dir():
+        raise UsageError(f"acceptance tests directory {directory} does not exist")
+    files = {path.name: path.read_text() for path in sorted(directory.glob("test_*.py")) if path.is_file()}
+    if not files:
+        raise UsageError(f"{directory} has no test_*.py files; put the held-out acceptance tests there")
+    return files
+
+
+def new_run_id(spec: str) -> str:
+    first_line = next((line for line in spec.splitlines() if line.strip()), "run")
+    return f"{slugify_run_id(first_line.lstrip('# '))[:32]}-{secrets.token_hex(3)}"
+
+
+def read_target_policy(repo_path: str, base: str) -> Policy:
+    """The target's policy at the tip of `base` (what the run will use); the repo and branch must exist."""
+    try:
+        base_sha = validate_target(repo_path, base)
+        return parse_policy(read_file_at(repo_path, base_sha, POLICY_PATH), f"{POLICY_PATH} on {base}")
+    except (TargetError, PolicyError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def build_request(
+    repo: Path,
+    spec: Path | None,
+    spec_text: str | None,
+    base: str,
+    ship: str,
+    model: str | None,
+    run_id: str | None,
+    max_attempts: int | None,
+    max_turns: int,
+    acceptance_tests: Path | None = None,
+    max_parallel: int = 4,
+    remote: str = "origin",
+    github_repo: str | None = None,
+    allow_degraded_sandbox: bool = False,
+) -> RunRequest:
+    raw = read_spec(spec, spec_text)
+    repo_path = str(repo.expanduser().resolve())
+    policy = read_target_policy(repo_path, base)
+    if ship not in ("branch", "merge", "push", "pr"):
+        raise UsageError(f"--ship {ship!r} is not a ship mode; use branch, merge, push or pr")
+    ship_mode = cast(ShipMode, ship)
+    temporal_remote = TemporalSettings().remote
+    chosen = resolve_model(model, remote=temporal_remote)  # loads the credentials, files included
+    # The spec is untrusted input: secrets and hidden text go before the workflow's history, a blob or a
+    # prompt can hold them (the summary says what was removed).
+    cleaned = clean_untrusted(raw, worker_secret_values())
+    text = cleaned.text
+    degraded = None
+    if not temporal_remote:  # local mode: this process's worker runs the commands; remote workers check their own
+        try:
+            degraded = run_opt_out(
+                scripted=chosen.startswith("scripted:"),
+                flag=allow_degraded_sandbox,
+                policy_allows=policy.sandbox.allow_degraded,
+            )
+        except DegradedSandbox as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        config = RunConfig(
+            model=chosen,
+            ship=ship_mode,
+            max_attempts=max_attempts,
+            max_turns=max_turns,
+            max_parallel=max_parallel,
+            remote=remote,
+            github_repo=github_repo,
+            degraded_sandbox=degraded,
+            input_notes=[cleaned.summary("spec")] if cleaned.notes else [],
+        )
+        return RunRequest(
+            run_id=run_id or new_run_id(text),
+            repo_path=repo_path,
+            spec=text,
+            base_branch=base,
+            config=config,
+            acceptance_tests=read_acceptance_tests(acceptance_tests),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
