@@ -40,7 +40,7 @@ from darkfactory.policy import Policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
-from darkfactory.untrusted import redact_secrets
+from darkfactory.untrusted import for_model
 
 log = structlog.get_logger(__name__)
 BASELINE_FORMAT = 1
@@ -59,7 +59,7 @@ def _redacted(report: GateReport) -> GateReport:
     known = worker_secret_values()
 
     def clean(text: str) -> str:
-        return redact_secrets(text, known)[0]
+        return for_model(text, known)
 
     results = [
         result.model_copy(

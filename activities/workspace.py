@@ -39,7 +39,7 @@ from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import CredentialsError, FactorySettings, load_credentials
 from darkfactory.target_env import TargetEnvError, ensure_target_env
-from darkfactory.untrusted import redact_secrets
+from darkfactory.untrusted import for_model, redact_secrets
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +124,7 @@ class WorkspaceActivities:
             execution = tools.execute(call)
             wrote = wrote or execution.wrote
             # What the repository holds reaches the model only with credential-shaped strings replaced.
-            content, _ = redact_secrets(execution.content, known)
+            content = for_model(execution.content, known)
             results.append(
                 {"type": "tool_result", "tool_use_id": call.id, "content": content, "is_error": execution.is_error}
             )

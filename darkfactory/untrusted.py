@@ -337,6 +337,20 @@ def redact_secrets(text: str, known_secrets: Sequence[str]) -> tuple[str, list[s
     return redacted, list(dict.fromkeys(kinds))
 
 
+def for_model(text: str, known_secrets: Sequence[str]) -> str:
+    """Output of a tool or a gate (it quotes the repository) as the model may see it: invisible characters
+    removed, then credentials redacted. Removed first, because a key split by zero-width characters matches
+    no format, and tag characters spell ASCII a model reads but a person reviewing the text does not see."""
+    removed = 0
+    for _name, pattern in INVISIBLE:
+        text, count = pattern.subn("", text)
+        removed += count
+    text, _kinds = redact_secrets(text, known_secrets)
+    if removed:
+        text += f"\n[{removed} invisible characters (zero-width, tag, bidi) were removed from this output]"
+    return text
+
+
 def _redact(text: str, known_secrets: Sequence[str]) -> tuple[str, list[str]]:
     spans = _secret_spans(text, known_secrets)
     order = sorted(range(len(spans)), key=lambda i: (spans[i][0], -spans[i][1], i))

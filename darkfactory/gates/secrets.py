@@ -52,8 +52,19 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Slack token", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
     ("private key", re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")),
     ("JWT", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("OpenAI API key", re.compile(r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}")),
+    ("Stripe key", re.compile(r"\b[rs]k_live_[A-Za-z0-9]{16,}")),
 )
-"""High-value formats, checked whatever detect-secrets' heuristics and filters decide."""
+"""High-value formats, checked whatever detect-secrets' heuristics and filters decide (its indirect-reference
+filter drops every finding on a line like `client = OpenAI(api_key="sk-...")`)."""
+
+CONFIG_ASSIGNMENT = re.compile(
+    r"(?i)^\s*(?:export\s+)?[A-Za-z0-9_.-]*(?:passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|auth)[A-Za-z0-9_.-]*"
+    r"\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9_\-+/=]{16,})[\"']?\s*$"
+)
+"""`API_TOKEN=...` in an env or config file: detect-secrets knows no `token` keyword, and its entropy limit lets
+about a third of random 32-character tokens through."""
+CONFIG_FILE = re.compile(r"(?:^|/)(?:\.env[^/]*|[^/]*\.(?:env|ini|cfg|conf|properties|ya?ml|toml|json|sh))$")
 
 SUPPRESSION = re.compile(
     r"pragma:\s*allowlist|gitleaks:allow|\bnosecret\b|kingfisher:ignore|trufflehog:ignore", re.IGNORECASE
@@ -150,10 +161,24 @@ def scan_added_lines(added: AddedLines, secret_values: Sequence[str] = ()) -> li
             for kind, pattern in PATTERNS:
                 for match in pattern.finditer(line):
                     findings.add(Finding(path, number, kind, "" if kind == "private key" else redact(match.group())))
+            if CONFIG_FILE.search(path):
+                assigned = CONFIG_ASSIGNMENT.match(line)
+                if assigned and _looks_random(assigned.group("value")):
+                    findings.add(Finding(path, number, "credential assignment", redact(assigned.group("value"))))
             marker = SUPPRESSION.search(line)
             if marker:
                 findings.add(Finding(path, number, f"suppression marker `{marker.group()}` is not allowed"))
     return sorted(findings)
+
+
+def _looks_random(value: str) -> bool:
+    """Letters and digits mixed, not a placeholder or a name (`changeme`, `${TOKEN}`, `MY_TOKEN_NAME`)."""
+    return (
+        any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+        and not value.isupper()
+        and len(set(value)) >= 8
+    )
 
 
 def worker_secret_findings(added: AddedLines, secret_values: Sequence[str]) -> list[Finding]:
