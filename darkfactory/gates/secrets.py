@@ -240,7 +240,8 @@ def detect_secrets_values(lines: Sequence[str], exclude: Sequence[str] = ()) -> 
     the lock is this module's, because detect-secrets' settings are one process-wide singleton. Some plugins
     report only a token's prefix as its value.
     """
-    names = [kind.__name__ for kind in get_mapping_from_secret_type_to_class().values()]
+    plugin_classes: list[type] = list(get_mapping_from_secret_type_to_class().values())
+    names = [plugin.__name__ for plugin in plugin_classes]
     plugins = [{"name": name} for name in names if name not in exclude]
     found: list[tuple[int, str, str]] = []
     with _DETECT_SECRETS_LOCK, transient_settings({"plugins_used": plugins}) as settings:
