@@ -16,10 +16,11 @@ from darkfactory.blobs import BlobStore
 from darkfactory.gates import GateContext
 from darkfactory.gates.scope import scope_gate, weakened_tests
 from darkfactory.gates.secrets import detect_secrets_findings, secrets_gate
-from darkfactory.policy import Limits, Policy, TaskType, TaskTypeRules
+from darkfactory.policy import Limits, Policy, TaskTypeRules
 from darkfactory.target_env import TargetEnv
-from darkfactory.workspace import changed_paths
 from tests.conftest import git
+from tests.gate_repos import change_context as context
+from tests.gate_repos import commit
 
 CALC = "def add(a, b):\n    return a + b\n"
 TEST_CALC = """import pytest
@@ -48,23 +49,6 @@ BASE_FILES = {
 }
 
 
-def write(repo: Path, files: dict[str, str | None]) -> None:
-    for path, content in files.items():
-        target = repo / path
-        if content is None:
-            target.unlink()
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-
-
-def commit(repo: Path, files: dict[str, str | None], message: str = "change") -> str:
-    write(repo, files)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "target"
@@ -72,31 +56,6 @@ def repo(tmp_path: Path) -> Path:
     git(path, "init", "-q", "-b", "main")
     commit(path, dict(BASE_FILES), "base")
     return path
-
-
-def context(
-    repo: Path,
-    files: dict[str, str | None],
-    *,
-    task_type: TaskType = "feature",
-    policy: Policy | None = None,
-    secret_values: tuple[str, ...] = (),
-) -> GateContext:
-    """Commit `files` on top of the current head and describe that change to the gates."""
-    base = git(repo, "rev-parse", "HEAD")
-    sha = commit(repo, files)
-    return GateContext(
-        worktree=repo,
-        sha=sha,
-        changed=changed_paths(str(repo), base, sha),
-        env=TargetEnv(root=repo.parent, fingerprint="x"),
-        blobs=BlobStore(repo.parent / "blobs"),
-        repo_path=str(repo),
-        base_sha=base,
-        policy=policy or Policy(),
-        task_type=task_type,
-        secret_values=secret_values,
-    )
 
 
 def finding(feedback: str, location: str) -> str:

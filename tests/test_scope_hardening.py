@@ -7,8 +7,6 @@ test server with a scripted model that writes `.github/workflows/ci.yml`.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,37 +20,14 @@ from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS
 from darkfactory.contracts import GateResult
 from darkfactory.gates import GateContext
 from darkfactory.gates.scope import scope_gate, touched_paths
-from darkfactory.policy import BINARY_BYTES_PER_LINE, Limits, Policy, TaskType
+from darkfactory.policy import BINARY_BYTES_PER_LINE, Limits, Policy
 from darkfactory.target_env import TargetEnv
 from darkfactory.workspace import changed_paths
 from tests.conftest import git, request_for, write_transcript
+from tests.gate_repos import Content, Link, commit
+from tests.gate_repos import change_context as context
 from tests.test_escalation import APPROVE, BIN, started, with_policy
 from workflows.task import _deadline_veto
-
-
-@dataclass(frozen=True)
-class Link:
-    """A symlink to commit, pointing at `target` as written."""
-
-    target: str
-
-
-Content = str | bytes | Link
-
-
-def commit(repo: Path, files: dict[str, Content]) -> str:
-    for path, content in files.items():
-        target = repo / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Link):
-            os.symlink(content.target, target)
-        elif isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", "change")
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture
@@ -62,25 +37,6 @@ def repo(tmp_path: Path) -> Path:
     git(path, "init", "-q", "-b", "main")
     commit(path, {"calc.py": "def add(a, b):\n    return a + b\n", "docs/guide.md": "# Guide\n"})
     return path
-
-
-def context(
-    repo: Path, files: dict[str, Content], *, policy: Policy | None = None, task_type: TaskType = "feature"
-) -> GateContext:
-    """Commit `files` on top of the current head and describe that change to the gates."""
-    base = git(repo, "rev-parse", "HEAD")
-    sha = commit(repo, files)
-    return GateContext(
-        worktree=repo,
-        sha=sha,
-        changed=changed_paths(str(repo), base, sha),
-        env=TargetEnv(root=repo.parent, fingerprint="x"),
-        blobs=BlobStore(repo.parent / "blobs"),
-        repo_path=str(repo),
-        base_sha=base,
-        policy=policy or Policy(),
-        task_type=task_type,
-    )
 
 
 def binary(size: int, seed: int = 0) -> bytes:

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from darkfactory.blobs import BlobStore
 from darkfactory.gates import GateContext
 from darkfactory.gates.secret_encodings import encoded_forms, find_encoded_secrets
 from darkfactory.gates.secrets import secrets_gate
-from darkfactory.target_env import TargetEnv
-from darkfactory.workspace import changed_paths
 from tests.conftest import git
+from tests.gate_repos import Content, change_context, commit
 
 CALC = "def add(a, b):\n    return a + b\n"
 
@@ -29,19 +27,6 @@ CALC = "def add(a, b):\n    return a + b\n"
 def worker_secret() -> str:
     # Its last bytes ("~~~?") put '+' and '/' into its base64, so base64url differs from base64.
     return "wrk" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(27)) + "~~~?"
-
-
-def commit(repo: Path, files: dict[str, str | bytes]) -> str:
-    for path, content in files.items():
-        target = repo / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "change")
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture
@@ -53,19 +38,8 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-def context(repo: Path, files: dict[str, str | bytes], secret: str) -> GateContext:
-    base = git(repo, "rev-parse", "HEAD")
-    sha = commit(repo, files)
-    return GateContext(
-        worktree=repo,
-        sha=sha,
-        changed=changed_paths(str(repo), base, sha),
-        env=TargetEnv(root=repo.parent, fingerprint="x"),
-        blobs=BlobStore(repo.parent / "blobs"),
-        repo_path=str(repo),
-        base_sha=base,
-        secret_values=(secret,),
-    )
+def context(repo: Path, files: dict[str, Content], secret: str) -> GateContext:
+    return change_context(repo, files, secret_values=(secret,))
 
 
 def b64(data: bytes) -> str:

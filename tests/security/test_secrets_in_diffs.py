@@ -22,12 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from darkfactory.blobs import BlobStore
 from darkfactory.contracts import GateResult
-from darkfactory.gates import GateContext, run_gates
-from darkfactory.target_env import TargetEnv
-from darkfactory.workspace import changed_paths
-from tests.conftest import git
+from darkfactory.gates import run_gates
+from tests.gate_repos import Content, change_context, new_repo
 from tests.security.conftest import CANARY_KEY, Host
 
 pytestmark = pytest.mark.family("E")
@@ -255,31 +252,10 @@ LEAKS = [
 ]
 
 
-def gate(repo: Path, files: dict[str, str | bytes]) -> tuple[GateResult, str]:
+def gate(repo: Path, files: dict[str, Content]) -> tuple[GateResult, str]:
     """Commit `files` on the base, run the secrets gate on that change: its result and its details blob."""
-    base = git(repo, "rev-parse", "HEAD")
-    for path, content in files.items():
-        target = repo / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "change")
-    sha = git(repo, "rev-parse", "HEAD")
-    blobs = BlobStore(repo.parent / "blobs")
-    ctx = GateContext(
-        worktree=repo,
-        sha=sha,
-        changed=changed_paths(str(repo), base, sha),
-        env=TargetEnv(root=repo.parent, fingerprint="x"),
-        blobs=blobs,
-        gates=("secrets",),
-        repo_path=str(repo),
-        base_sha=base,
-        secret_values=[CANARY_KEY],
-    )
+    ctx = change_context(repo, files, gates=("secrets",), secret_values=[CANARY_KEY])
+    blobs = ctx.blobs
     report = run_gates(ctx)
     assert [result.gate for result in report.results] == ["secrets"], report
     result = report.results[0]
@@ -289,14 +265,7 @@ def gate(repo: Path, files: dict[str, str | bytes]) -> tuple[GateResult, str]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "target"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    for name, content in BASE.items():
-        (path / name).write_text(content)
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "base")
-    return path
+    return new_repo(tmp_path / "target", dict(BASE))
 
 
 @pytest.mark.parametrize("leak", LEAKS, ids=[leak.name for leak in LEAKS])
