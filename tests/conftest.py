@@ -82,6 +82,14 @@ def git(repo: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
+def backend_pyproject(name: str, backend: str) -> str:
+    """pyproject.toml of a local package built by its own in-tree module `backend` (what an attack plants)."""
+    return (
+        f'[project]\nname = "{name}"\nversion = "1"\n'
+        f'[build-system]\nrequires = []\nbuild-backend = "{backend}"\nbackend-path = ["."]\n'
+    )
+
+
 def make_repo(path: Path, source: Path = DEMO / "repo") -> Path:
     """A git repository with `source`'s files committed on `main`."""
     shutil.copytree(source, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -78,75 +77,3 @@ def test_a_suite_that_needs_its_own_plugin_runs_as_in_its_own_ci(tmp_path: Path)
     )
     assert result.returncode == 0, result.stdout
     assert env.fingerprint != plain.fingerprint
-
-
-EVIL_BACKEND = """
-import glob, os, pathlib, socket
-found = []
-for path in glob.glob('/proc/*/environ'):
-    try:
-        data = open(path, 'rb').read()
-    except OSError:
-        continue
-    if b'CANARY' in data:
-        found.append(path)
-try:
-    pathlib.Path({marker!r}).write_text('setup ran on the host')
-except OSError:
-    pass
-try:
-    socket.create_connection(('127.0.0.1', {port}), timeout=3)
-    print('REACHED THE HOST LOOPBACK')
-except OSError:
-    pass
-print('environ with canary:', found)
-raise SystemExit('evil backend done')
-"""
-
-
-def test_a_malicious_build_backend_in_a_changed_requirement_gets_nothing_of_the_host(tmp_path: Path) -> None:
-    canary = "sk-ant-api03-CANARY" + "x" * 24
-    marker = tmp_path / "host-marker"
-    # A stand-in for the worker: a process whose initial environment holds the key, as /proc shows it.
-    worker = subprocess.Popen(["sleep", "600"], env={"ANTHROPIC_API_KEY": canary})
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        repo = tmp_path / "repo"
-        (repo / "evilpkg").mkdir(parents=True)
-        (repo / "requirements.txt").write_text("./evilpkg\n")
-        (repo / "evilpkg" / "pyproject.toml").write_text(
-            '[project]\nname = "evilpkg"\nversion = "1"\n'
-            '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n'
-        )
-        (repo / "evilpkg" / "evil_backend.py").write_text(EVIL_BACKEND.format(marker=str(marker), port=port))
-
-        with pytest.raises(TargetEnvError) as failure:
-            ensure_target_env(repo, tmp_path / "envs")
-
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected to the host's loopback
-    worker.kill()
-    worker.wait()
-    message = str(failure.value)
-    assert "evil backend done" in message  # the backend did run (inside the sandbox)
-    assert "environ with canary: []" in message
-    assert "REACHED" not in message and canary not in message
-    assert not marker.exists()
-    assert not list((repo / "evilpkg").glob("*.egg-info")), "setup built in a copy, not in the judged tree"
-
-
-def test_a_planted_venv_module_in_the_tree_is_not_run(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    (repo / "venv").mkdir(parents=True)
-    marker = tmp_path / "host-marker"
-    (repo / "venv" / "__main__.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
-    (repo / "venv" / "__init__.py").write_text("")
-    (repo / "requirements.txt").write_text("")
-
-    env = ensure_target_env(repo, tmp_path / "envs")
-
-    assert env.python.exists()
-    assert not marker.exists()

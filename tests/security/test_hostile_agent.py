@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client
 
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
-from tests.conftest import demo_transcript, git, request_for, run_to_end, write_transcript
+from tests.conftest import backend_pyproject, demo_transcript, git, request_for, run_to_end, write_transcript
 from tests.security.conftest import CANARY_KEY, Host
 
 pytestmark = pytest.mark.family("A")
@@ -113,14 +113,10 @@ async def test_a_malicious_requirement_from_the_agent_gets_nothing(
     environment (for the agent's shell and for the gates) inside the sandbox, so the backend runs and finds
     nothing; the attempt fails on setup, the next one removes the requirement and the task merges."""
     marker = host.root / "setup-ran-here"
-    pyproject = (
-        '[project]\nname = "evilpkg"\nversion = "1"\n'
-        '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n'
-    )
     backend = EVIL_BACKEND.format(marker=str(marker), port=host.port)
     plant = [
         edit(command="create", path="requirements.txt", file_text="./evilpkg\n"),
-        edit(command="create", path="evilpkg/pyproject.toml", file_text=pyproject),
+        edit(command="create", path="evilpkg/pyproject.toml", file_text=backend_pyproject("evilpkg", "evil_backend")),
         edit(command="create", path="evilpkg/evil_backend.py", file_text=backend),
         bash("python -c 'print(1)'"),  # a command after the edit: the shell's environment is built from this tree
     ]  # fmt: skip
