@@ -43,7 +43,7 @@ from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
 from darkfactory.untrusted import for_model
 
 log = structlog.get_logger(__name__)
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 """Part of a measurement's cache key: bump it when what a measurement records changes."""
 
 

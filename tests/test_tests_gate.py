@@ -359,3 +359,33 @@ def test_a_test_task_may_delete_a_test_and_that_test_is_not_asked_for(calc: Calc
 
     assert passed, summary
     assert summary == "1 passed, 1 pre-existing failure"
+
+
+# Generated ids that differ in every process, as a parametrization over a set of tuples holding None does in
+# Python 3.11 (its hash follows the address layout): the base's ids are never the change's.
+TEST_CASES_MOVING_IDS = (
+    "import uuid\n\nimport pytest\n\nfrom calc.text import shout\n\n\n"
+    "@pytest.mark.parametrize('word', ['a', 'b', 'c'], ids=lambda word: f'{word}-{uuid.uuid4().hex[:8]}')\n"
+    "def test_shout_each(word):\n    assert shout(word) == word.upper() + '!'\n"
+)
+
+
+def test_parametrized_ids_that_move_between_processes_are_not_tests_that_vanished(tmp_path: Path, envs: Path) -> None:
+    calc = Calc(tmp_path, envs, {"tests/test_cases.py": TEST_CASES_MOVING_IDS})
+
+    passed, summary, feedback, _ = calc.judge({"calc/text.py": TEXT + "\n\n# tidy\n"}, "refactor")
+
+    assert passed, f"{summary}\n{feedback}"
+
+
+def test_a_parametrized_case_that_stops_running_still_counts_when_ids_move(tmp_path: Path, envs: Path) -> None:
+    calc = Calc(tmp_path, envs, {"tests/test_cases.py": TEST_CASES_MOVING_IDS})
+    skipping_b = TEXT.replace(
+        "    return text.upper() + '!'\n",
+        "    if text == 'b':\n        import pytest\n\n        pytest.skip('no')\n    return text.upper() + '!'\n",
+    )
+
+    passed, summary, feedback, _ = calc.judge({"calc/text.py": skipping_b}, "refactor")
+
+    assert not passed, summary
+    assert "did not run with your change" in feedback or "was skipped with your change" in feedback
