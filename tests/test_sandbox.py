@@ -135,7 +135,7 @@ def test_parent_secrets_are_absent_inside(tier: str, workdir: Path, monkeypatch:
     assert result.ok, result.output
     assert result.tier == tier
     names = {line.split("=", 1)[0] for line in result.output.splitlines() if "=" in line}
-    assert names <= {"PATH", "HOME", "LANG", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "PWD"}
+    assert names <= {"PATH", "HOME", "LANG", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "PWD"}
     assert "CANARY" not in result.output
     assert "TEMPORAL" not in result.output
 
