@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
@@ -49,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
-    from workflows.steps import MODEL_RETRY, STEP_RETRY, cause_of, queue_for
+    from workflows.steps import MODEL_RETRY, cause_of, queue_for, run_step
     from workflows.task import TaskWorkflow
 
 INTEGRATION_TASK = "_integration"
@@ -62,9 +61,9 @@ MERGE_ROUNDS = 3
 class FactoryRunWorkflow:
     def __init__(self) -> None:
         self._book = RunBook()
-        self._queue = MergeQueue(self._activity)
+        self._queue = MergeQueue(run_step)
         self._desk = DecisionDesk()
-        self._shipping = Shipping(self._book, self._desk, self._activity)
+        self._shipping = Shipping(self._book, self._desk, run_step)
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -105,7 +104,7 @@ class FactoryRunWorkflow:
     async def _run(self, request: RunRequest) -> None:
         config = request.config
         timeouts = config.timeouts
-        prepared: PreparedRun = await self._activity(
+        prepared: PreparedRun = await run_step(
             WorkspaceActivities.prepare_run,
             PrepareRunInput(
                 run_id=request.run_id,
@@ -118,7 +117,7 @@ class FactoryRunWorkflow:
         self._book.update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
 
         self._book.set_phase("measuring")
-        baseline: BaselineSummary = await self._activity(
+        baseline: BaselineSummary = await run_step(
             GateActivities.measure_base,
             MeasureBaseInput(
                 run_id=request.run_id,
@@ -149,7 +148,7 @@ class FactoryRunWorkflow:
             raise RunFailed(f"{len(not_merged)} task(s) did not merge: {', '.join(not_merged)}; nothing shipped")
 
         self._book.set_phase("verifying")
-        report: GateReport = await self._activity(
+        report: GateReport = await run_step(
             GateActivities.run_gates,
             RunGatesInput(
                 run_id=request.run_id,
@@ -329,28 +328,6 @@ class FactoryRunWorkflow:
     def _set_merged(self, task_id: str) -> None:
         head = self._queue.head
         self._book.set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
-
-    async def _activity(
-        self,
-        method: Any,
-        arg: Any,
-        timeout_s: float,
-        *,
-        heartbeat_s: float | None = None,
-        retry: RetryPolicy = STEP_RETRY,
-    ) -> Any:
-        """Run an activity; a non-retryable failure ends the run with the activity's own message."""
-        try:
-            return await workflow.execute_activity_method(
-                method,
-                arg,
-                start_to_close_timeout=timedelta(seconds=timeout_s),
-                heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
-                retry_policy=retry,
-                task_queue=queue_for(method),
-            )
-        except ActivityError as exc:
-            raise RunFailed(cause_of(exc)) from exc
 
     async def _release(self, request: RunRequest) -> None:
         try:

@@ -15,6 +15,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.run_book import RunFailed
+
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
@@ -76,6 +78,23 @@ async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retr
         )
     except ActivityError as exc:
         raise Ended("failed", cause_of(exc)) from exc
+
+
+async def run_step(
+    method: Any, arg: Any, timeout_s: float, *, heartbeat_s: float | None = None, retry: RetryPolicy = STEP_RETRY
+) -> Any:
+    """One activity of a run; a non-retryable failure ends the run with the activity's own message."""
+    try:
+        return await workflow.execute_activity_method(
+            method,
+            arg,
+            start_to_close_timeout=timedelta(seconds=timeout_s),
+            heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
+            retry_policy=retry,
+            task_queue=queue_for(method),
+        )
+    except ActivityError as exc:
+        raise RunFailed(cause_of(exc)) from exc
 
 
 def cause_of(exc: BaseException) -> str:
