@@ -1,4 +1,4 @@
-"""The `factory` CLI: the entry point, assembled from the command groups in `darkfactory/cli/`.
+"""The `factory` CLI: the entry point, assembled from the command groups in `factory_cli/`.
 
 runs (`run`, `status`, `cancel`), people (`queue`, `approve`, `reject`, `retry`), the demo and serving
 (`dev`). Each command parses and validates its input before anything starts, builds a client, calls
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import typer
 
 import worker as worker_module
-from darkfactory.cli import demo, people, runs, serving
+from factory_cli import demo, people, runs, serving
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="darkfactory: spec in, merged code out.")
 for group in (runs, people, demo, serving):

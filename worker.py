@@ -31,10 +31,10 @@ from activities.model import ModelActivities
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
-from darkfactory.cli.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.constants import QUEUE_CLASSES, SEARCH_ATTRIBUTES, TASK_QUEUE, queue_name
 from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
 from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
+from darkfactory.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.telemetry import configure_logging, configure_tracing, shutdown_tracing
 from workflows import WORKFLOWS
 

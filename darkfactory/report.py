@@ -8,9 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from darkfactory.cli.strict_sandbox import degraded_note
 from darkfactory.contracts import BaselineSummary, GateResult, RunState, TaskSummary
 from darkfactory.llm import PRICES_USD_PER_MTOK, estimate_cost_usd
+from darkfactory.strict_sandbox import degraded_note
 
 TaskProgressFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 

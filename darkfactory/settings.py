@@ -1,6 +1,6 @@
 """Process settings from the environment: where data lives, how to reach Temporal, and credentials.
 
-Read by the entry points only (worker.py, starter.py and its command groups in darkfactory/cli/); workflows get
+Read by the entry points only (worker.py, starter.py and its command groups in factory_cli/); workflows get
 everything they need as input.
 """
 

@@ -15,8 +15,12 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from darkfactory.cli.inputs import build_request
-from darkfactory.cli.session import (
+from darkfactory.constants import SA_REPO, SA_STATUS, TASK_QUEUE, run_workflow_id, task_workflow_id
+from darkfactory.contracts import RunRequest, RunState
+from darkfactory.report import print_progress, print_summary
+from darkfactory.strict_sandbox import FLAG, degraded_note
+from factory_cli.inputs import build_request
+from factory_cli.session import (
     Session,
     UsageError,
     fail,
@@ -25,10 +29,6 @@ from darkfactory.cli.session import (
     seconds,
     serve_locally,
 )
-from darkfactory.cli.strict_sandbox import FLAG, degraded_note
-from darkfactory.constants import SA_REPO, SA_STATUS, TASK_QUEUE, run_workflow_id, task_workflow_id
-from darkfactory.contracts import RunRequest, RunState
-from darkfactory.report import print_progress, print_summary
 from workflows import FactoryRunWorkflow
 
 app = typer.Typer()

@@ -12,12 +12,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from darkfactory.cli.inputs import build_request
-from darkfactory.cli.runs import run_and_watch
-from darkfactory.cli.session import UsageError, fail
+from factory_cli.inputs import build_request
+from factory_cli.runs import run_and_watch
+from factory_cli.session import UsageError, fail
 
 app = typer.Typer()
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 """The checkout's examples/ (the demo needs an editable install: pip install -e .)."""
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from darkfactory import devserver
-from darkfactory.cli.session import fail
 from darkfactory.settings import FactorySettings
+from factory_cli.session import fail
 
 app = typer.Typer()
 

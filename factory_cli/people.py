@@ -12,9 +12,9 @@ from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from darkfactory.cli.session import UsageError, fail, open_session
 from darkfactory.constants import SA_NEEDS_REVIEW, run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput
+from factory_cli.session import UsageError, fail, open_session
 
 app = typer.Typer()
 

@@ -12,16 +12,16 @@ import secrets
 from pathlib import Path
 from typing import cast
 
-from darkfactory.cli.session import UsageError
-from darkfactory.cli.strict_sandbox import DegradedSandbox, run_opt_out
 from darkfactory.constants import DEFAULT_MODEL
 from darkfactory.contracts import RunConfig, RunRequest, ShipMode, slugify_run_id
 from darkfactory.policy import POLICY_PATH, Policy, PolicyError, parse_policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.scripted import ScriptedTranscript
 from darkfactory.settings import CredentialsError, TemporalSettings, load_credentials
+from darkfactory.strict_sandbox import DegradedSandbox, run_opt_out
 from darkfactory.untrusted import clean_untrusted
 from darkfactory.workspace import TargetError, read_file_at, validate_target
+from factory_cli.session import UsageError
 
 
 def read_spec(spec: Path | None, spec_text: str | None) -> str:

@@ -8,5 +8,6 @@
 | `serving.py` | `dev` |
 | `inputs.py` | turning command-line input into a `RunRequest` (no command) |
 | `session.py` | the Temporal client and, in local mode, the in-process worker (no command) |
-| `strict_sandbox.py` | the startup check both `factory run` and `factory-worker` make (no command) |
+
+The startup check both `factory run` and `factory-worker` make is `darkfactory/strict_sandbox.py`.
 """
