@@ -8,11 +8,13 @@ own, without starting an embedded one.
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from temporalio.testing import WorkflowEnvironment
 
@@ -56,10 +58,19 @@ def branches(repo: Path) -> list[str]:
     return out.stdout.split()
 
 
-def wait_for_text(path: Path, text: str, timeout_s: float = 60.0) -> bool:
+def read_until(stream: IO[bytes], text: str, timeout_s: float = 60.0) -> tuple[bool, str]:
+    """Read a process's output until `text` appears (True) or it closes or `timeout_s` passes (False); and
+    what was read. Waits on the pipe itself, never on the clock."""
+    seen = b""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return True
-        time.sleep(0.2)
-    return False
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                return False, seen.decode(errors="replace")
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return False, seen.decode(errors="replace")
+            seen += chunk
+    return True, seen.decode(errors="replace")

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from darkfactory.sandbox import sandbox_tier
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
 from tests.conftest import DEMO, git
-from tests.local_cli import WORKER, branches, factory, local_env, wait_for_text
+from tests.local_cli import WORKER, branches, factory, local_env, read_until
 
 FLAG = "--allow-degraded-sandbox"
 INSTALL = "apt-get install -y bubblewrap"
@@ -134,20 +134,19 @@ def test_worker_refuses_a_degraded_sandbox_before_serving_anything(
 def test_worker_starts_degraded_with_the_flag_or_when_it_runs_no_commands(
     degraded_env: dict[str, str], tmp_path: Path, args: list[str]
 ) -> None:
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [str(WORKER), "--task-queue", f"strict-{tmp_path.name}", *args],
-            env=degraded_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            started = wait_for_text(log_path, '"worker_started"')
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+    worker = subprocess.Popen(
+        [str(WORKER), "--task-queue", f"strict-{tmp_path.name}", *args],
+        env=degraded_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert worker.stdout is not None
+    try:
+        started, text = read_until(worker.stdout, '"worker_started"')
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        worker.stdout.close()
 
-    text = log_path.read_text()
     assert started, text[-2000:]
     assert ('"sandbox_degraded"' in text) == (FLAG in args)
