@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import typer
 
 import worker as worker_module
-from factory_cli import demo, people, runs, serving
+from factory_cli import backlog, demo, listing, people, runs, schedules, serve, serving
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="darkfactory: spec in, merged code out.")
-for group in (runs, people, demo, serving):
+for group in (runs, listing, people, schedules, backlog, serve, demo, serving):
     app.add_typer(group.app)
 
 

@@ -28,6 +28,7 @@ from temporalio.worker import Worker
 from activities.context import LogContextInterceptor
 from activities.gates import GateActivities
 from activities.model import ModelActivities
+from activities.notify import NotifyActivities
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
@@ -169,6 +170,7 @@ def build_worker(
     model = ModelActivities(clients, blobs)
     workspace = WorkspaceActivities(settings, blobs)
     gates = GateActivities(settings, blobs)
+    notify = NotifyActivities()
     slots = max_concurrent_activities or settings.max_concurrent_activities
     workers: list[Worker] = []
     if "workflows" in serve:
@@ -186,6 +188,7 @@ def build_worker(
                     workspace.ship_run,
                     workspace.revert_shipped,
                     workspace.release_workspaces,
+                    notify.post_issue_comment,
                 ],
                 # git and tools block: they run as sync activities in this pool.
                 activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=slots),

@@ -39,7 +39,7 @@ from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import CredentialsError, FactorySettings, load_credentials
 from darkfactory.target_env import TargetEnvError, ensure_target_env
-from darkfactory.untrusted import for_model, redact_secrets
+from darkfactory.untrusted import clean_untrusted, for_model, redact_secrets
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,22 @@ def _write_refusal(input: RunToolsInput) -> Callable[[str], str | None] | None:
     return lambda path: policy.write_refusal(path, task_type)
 
 
+def _spec_at(input: PrepareRunInput, base_sha: str) -> tuple[str | None, list[str]]:
+    """The spec file of a request that names one, read at the base commit and cleaned as untrusted input."""
+    if input.spec_path is None:
+        return None, []
+    text = workspace.read_file_at(input.repo_path, base_sha, input.spec_path)
+    where = f"{input.spec_path} at {input.base_branch} ({base_sha[:12]})"
+    if text is None:
+        raise workspace.TargetError(
+            f"the spec file {where} does not exist; commit it or fix the schedule's --spec-path"
+        )
+    cleaned = clean_untrusted(text, worker_secret_values())
+    if not cleaned.text.strip():
+        raise workspace.TargetError(f"the spec file {where} is empty; write what the run should do into it")
+    return cleaned.text, [cleaned.summary(input.spec_path)] if cleaned.notes else []
+
+
 class WorkspaceActivities:
     def __init__(self, settings: FactorySettings, blobs: BlobStore) -> None:
         self._settings = settings
@@ -70,6 +86,7 @@ class WorkspaceActivities:
         try:
             base_sha = workspace.validate_target(input.repo_path, input.base_branch)
             policy = parse_policy(workspace.read_file_at(input.repo_path, base_sha, POLICY_PATH))
+            spec, spec_notes = _spec_at(input, base_sha)
             prepared = workspace.prepare_run(input.repo_path, input.run_id, input.base_branch)
         except workspace.TargetError as exc:
             raise business_error(INVALID_TARGET, str(exc)) from exc
@@ -79,7 +96,9 @@ class WorkspaceActivities:
         if input.acceptance_tests:
             names = [f"{path}::*" for path in sorted(input.acceptance_tests)]
             acceptance = AcceptanceSuite(files_ref=self._blobs.put_json(input.acceptance_tests), names=names)
-        prepared = prepared.model_copy(update={"policy": policy, "acceptance": acceptance})
+        prepared = prepared.model_copy(
+            update={"policy": policy, "acceptance": acceptance, "spec": spec, "spec_notes": spec_notes}
+        )
         log.info("run_prepared", base_sha=prepared.base_sha, branch=prepared.integration_branch)
         return prepared
 

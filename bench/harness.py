@@ -28,12 +28,12 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from darkfactory.constants import QUEUE_CLASSES, SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, queue_name, run_workflow_id
+from darkfactory.constants import QUEUE_CLASSES, queue_name, run_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
+from darkfactory.search_attributes import all_keys
 from darkfactory.target_env import TargetEnv, ensure_target_env
 from workflows import FactoryRunWorkflow
 
@@ -205,11 +205,7 @@ class Bench:
         progress(f"starting the Temporal dev server (SQLite file with WAL) in {self.root}")
         self.env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(TEMPORAL_BIN),
-            search_attributes=[
-                SearchAttributeKey.for_keyword(SA_STATUS),
-                SearchAttributeKey.for_bool(SA_NEEDS_REVIEW),
-                SearchAttributeKey.for_keyword(SA_REPO),
-            ],
+            search_attributes=all_keys(),
             data_converter=pydantic_data_converter,
             dev_server_log_level="error",
             dev_server_extra_args=[

@@ -30,7 +30,14 @@ SA_NEEDS_REVIEW = "FactoryNeedsReview"
 """Bool: true while a person must answer."""
 SA_REPO = "FactoryRepo"
 """Keyword: the target repository's path."""
-SEARCH_ATTRIBUTES: dict[str, str] = {SA_STATUS: "Keyword", SA_NEEDS_REVIEW: "Bool", SA_REPO: "Keyword"}
+SA_TRIGGER = "FactoryTrigger"
+"""Keyword: what started the run: `cli`, `schedule`, `issue`, `alert` or `backlog` (set when it starts)."""
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    SA_STATUS: "Keyword",
+    SA_NEEDS_REVIEW: "Bool",
+    SA_REPO: "Keyword",
+    SA_TRIGGER: "Keyword",
+}
 """Name -> Temporal indexed value type, as `temporal server start-dev --search-attribute` spells it."""
 
 TASK_ESCALATION_SIGNAL = "task_escalation"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import cast
 
 from darkfactory.constants import DEFAULT_MODEL
-from darkfactory.contracts import RunConfig, RunRequest, ShipMode, slugify_run_id
+from darkfactory.contracts import IssueRef, RunConfig, RunRequest, ShipMode, Trigger, slugify_run_id
 from darkfactory.policy import POLICY_PATH, Policy, PolicyError, parse_policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.scripted import ScriptedTranscript
@@ -38,6 +38,22 @@ def read_spec(spec: Path | None, spec_text: str | None) -> str:
     if not spec_text.strip():
         raise UsageError("--spec-text is empty; say what you want built")
     return spec_text
+
+
+def read_spec_in_repo(repo_path: str, base: str, spec_path: str) -> str:
+    """A spec file committed in the repository, as it is at the tip of `base` now (runs read it again at
+    their own base commit)."""
+    if spec_path.startswith("/") or ".." in Path(spec_path).parts or not spec_path.strip():
+        raise UsageError(f"--spec-path {spec_path!r} must be a path inside the repository, like specs/weekly.md")
+    try:
+        text = read_file_at(repo_path, validate_target(repo_path, base), spec_path)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from exc
+    if text is None:
+        raise UsageError(f"--spec-path {spec_path} is not a file on {base} in {repo_path}; commit it first")
+    if not text.strip():
+        raise UsageError(f"--spec-path {spec_path} is empty on {base}; write what the run should do into it")
+    return text
 
 
 def resolve_model(model: str | None, remote: bool) -> str:
@@ -104,21 +120,31 @@ def build_request(
     remote: str = "origin",
     github_repo: str | None = None,
     allow_degraded_sandbox: bool = False,
+    *,
+    trigger: Trigger = "cli",
+    report_to: IssueRef | None = None,
+    spec_path: str | None = None,
+    served_here: bool | None = None,
 ) -> RunRequest:
-    raw = read_spec(spec, spec_text)
+    """`served_here`: this process's own worker runs the run (default: in local mode). When not, the workers
+    hold the credentials and check their own sandbox, so neither is asked of this process (triggers).
+    `spec_path` names a spec file in the repository, read at each run's base commit instead of `spec`."""
     repo_path = str(repo.expanduser().resolve())
     policy = read_target_policy(repo_path, base)
+    raw = read_spec_in_repo(repo_path, base, spec_path) if spec_path is not None else read_spec(spec, spec_text)
     if ship not in ("branch", "merge", "push", "pr"):
         raise UsageError(f"--ship {ship!r} is not a ship mode; use branch, merge, push or pr")
     ship_mode = cast(ShipMode, ship)
-    temporal_remote = TemporalSettings().remote
-    chosen = resolve_model(model, remote=temporal_remote)  # loads the credentials, files included
+    if served_here is None:
+        served_here = not TemporalSettings().remote
+    chosen = resolve_model(model, remote=not served_here)  # loads the credentials, files included
     # The spec is untrusted input: secrets and hidden text go before the workflow's history, a blob or a
-    # prompt can hold them (the summary says what was removed).
+    # prompt can hold them (the summary says what was removed). A spec in the repository is cleaned by the
+    # run itself, at each base commit.
     cleaned = clean_untrusted(raw, worker_secret_values())
-    text = cleaned.text
+    text = "" if spec_path is not None else cleaned.text
     degraded = None
-    if not temporal_remote:  # local mode: this process's worker runs the commands; remote workers check their own
+    if served_here:  # this process's worker runs the commands; other workers check their own
         try:
             degraded = run_opt_out(
                 scripted=chosen.startswith("scripted:"),
@@ -137,12 +163,15 @@ def build_request(
             remote=remote,
             github_repo=github_repo,
             degraded_sandbox=degraded,
-            input_notes=[cleaned.summary("spec")] if cleaned.notes else [],
+            input_notes=[cleaned.summary("spec")] if cleaned.notes and spec_path is None else [],
+            trigger=trigger,
+            report_to=report_to,
         )
         return RunRequest(
-            run_id=run_id or new_run_id(text),
+            run_id=run_id or new_run_id(cleaned.text),
             repo_path=repo_path,
             spec=text,
+            spec_path=spec_path,
             base_branch=base,
             config=config,
             acceptance_tests=read_acceptance_tests(acceptance_tests),

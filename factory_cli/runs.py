@@ -11,8 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError
 
 from darkfactory.constants import SA_REPO, SA_STATUS, TASK_QUEUE, run_workflow_id, task_workflow_id
@@ -20,6 +19,7 @@ from darkfactory.contracts import RunRequest, RunState
 from darkfactory.report import print_progress, print_summary
 from darkfactory.strict_sandbox import FLAG, degraded_note
 from factory_cli.inputs import build_request
+from factory_cli.launch import start_factory_run
 from factory_cli.session import (
     Session,
     UsageError,
@@ -103,21 +103,9 @@ async def start_run(
     The run's task queue names every queue it uses: its tasks inherit it and its activities run on it plus
     a resource-class suffix (workflows/steps.py), so the queues are part of the run's recorded history.
     """
-    try:
-        return await session.client.start_workflow(
-            FactoryRunWorkflow.run,
-            request,
-            id=run_workflow_id(request.run_id),
-            task_queue=task_queue,
-            # A run id names one run forever: a repeated trigger finds it, even after it ended.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "preparing")]
-            ),
-        )
-    except WorkflowAlreadyStartedError:
+    if not await start_factory_run(session.client, request, task_queue):
         console.print(f"Run [bold]{request.run_id}[/] already exists; watching it instead of starting it again.")
-        return session.client.get_workflow_handle_for(FactoryRunWorkflow.run, run_workflow_id(request.run_id))
+    return session.client.get_workflow_handle_for(FactoryRunWorkflow.run, run_workflow_id(request.run_id))
 
 
 async def watch(session: Session, handle: WorkflowHandle[Any, RunState], console: Console) -> RunState:

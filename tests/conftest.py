@@ -19,12 +19,12 @@ import pytest_asyncio
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workflow_id, task_workflow_id
+from darkfactory.constants import SEARCH_ATTRIBUTES, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
+from darkfactory.search_attributes import all_keys
 from darkfactory.settings import FactorySettings
 from worker import ModelClients, build_worker
 from workflows import FactoryRunWorkflow
@@ -46,11 +46,7 @@ async def start_dev_server() -> WorkflowEnvironment:
     """The installed `temporal` CLI's dev server with the factory's search attributes (tests and bench)."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_BIN),
-        search_attributes=[
-            SearchAttributeKey.for_keyword(SA_STATUS),
-            SearchAttributeKey.for_bool(SA_NEEDS_REVIEW),
-            SearchAttributeKey.for_keyword(SA_REPO),
-        ],
+        search_attributes=all_keys(),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1"],
@@ -69,9 +65,8 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
             AddSearchAttributesRequest(
                 namespace=env.client.namespace,
                 search_attributes={
-                    SA_STATUS: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-                    SA_NEEDS_REVIEW: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-                    SA_REPO: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+                    name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                    for name, kind in SEARCH_ATTRIBUTES.items()
                 },
             )
         )

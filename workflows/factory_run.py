@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttri
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from workflows.escalation import REPO, STATUS, DecisionDesk
+from workflows.issue_reports import IssueReporter
 from workflows.merge_queue import MergeQueue
 from workflows.run_book import RunBook, RunFailed, failing_gates
 from workflows.shipping import Shipping
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
+    from darkfactory.triggers.ids import tick_run_id
     from workflows.steps import MODEL_RETRY, cause_of, queue_for, run_step
     from workflows.task import TaskWorkflow
 
@@ -64,6 +66,7 @@ class FactoryRunWorkflow:
         self._queue = MergeQueue(run_step)
         self._desk = DecisionDesk()
         self._shipping = Shipping(self._book, self._desk, run_step)
+        self._reporter = IssueReporter()
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -73,6 +76,11 @@ class FactoryRunWorkflow:
     @workflow.run
     async def run(self, request: RunRequest) -> RunState:
         config = request.config
+        if config.trigger == "schedule":
+            # Every tick of a schedule starts this workflow with the same request; the tick's own id (Temporal
+            # appends the tick's time to the workflow id) keeps its branches and tasks apart from other ticks'.
+            request = request.model_copy(update={"run_id": tick_run_id(workflow.info().workflow_id, request.run_id)})
+        self._reporter.request = request
         self._book.state = RunState(
             run_id=request.run_id,
             repo_path=request.repo_path,
@@ -98,6 +106,8 @@ class FactoryRunWorkflow:
                     self._book.set_task(task.id, state="cancelled", reason="the run was cancelled")
             self._book.update(error="the run was cancelled; its branches are kept for inspection")
             self._book.set_phase("cancelled")
+        if self._reporter.active:
+            await self._reporter.ended(self._book.current)
         await self._release(request)
         return self._book.current
 
@@ -111,10 +121,14 @@ class FactoryRunWorkflow:
                 repo_path=request.repo_path,
                 base_branch=request.base_branch,
                 acceptance_tests=request.acceptance_tests,
+                spec_path=request.spec_path,
             ),
             timeouts.git_s,
         )
         self._book.update(integration_branch=prepared.integration_branch, base_sha=prepared.base_sha)
+        if prepared.spec is not None:  # the spec lives in the repository: this is what it says at the base
+            request = request.model_copy(update={"spec": prepared.spec})
+            self._book.update(input_notes=[*self._book.current.input_notes, *prepared.spec_notes])
 
         self._book.set_phase("measuring")
         baseline: BaselineSummary = await run_step(
@@ -176,16 +190,19 @@ class FactoryRunWorkflow:
     # -- people --------------------------------------------------------------------------------------
 
     @workflow.signal(name=TASK_ESCALATION_SIGNAL)
-    def task_escalation(self, update: TaskEscalation) -> None:
-        """A task started (or stopped) waiting for a person: the run's state shows it as `escalated`."""
+    async def task_escalation(self, update: TaskEscalation) -> None:
+        """A task started (or stopped) waiting for a person: the run's state shows it as `escalated`, and the
+        issue that asked for the run (if any) is told how to answer."""
         state = self._book.state
         task = next((t for t in state.tasks if t.id == update.task_id), None) if state else None
         if task is None or task.state not in ("running", "escalated"):
             return  # late or unknown: the task's own result decides its state
         if update.escalation is None:
             self._book.set_task(task.id, state="running", escalation=None)
-        else:
-            self._book.set_task(task.id, state="escalated", escalation=update.escalation)
+            return
+        self._book.set_task(task.id, state="escalated", escalation=update.escalation)
+        if self._reporter.active:
+            await self._reporter.escalated(task.id, update.escalation)
 
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:

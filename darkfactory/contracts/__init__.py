@@ -31,10 +31,12 @@ from darkfactory.contracts.base import (
     Frozen,
 )
 from darkfactory.contracts.config import (
+    IssueRef,
     RunConfig,
     RunRequest,
     ShipMode,
     Timeouts,
+    Trigger,
     slugify_run_id,
 )
 from darkfactory.contracts.gates import (
@@ -98,6 +100,7 @@ from darkfactory.contracts.tasks import (
     TaskSummary,
     TerminalState,
 )
+from darkfactory.contracts.triggers import IssueCommentInput, IssueCommentResult
 
 __all__ = [
     "RUN_ID_PATTERN",
@@ -125,6 +128,9 @@ __all__ = [
     "GatePurpose",
     "GateReport",
     "GateResult",
+    "IssueCommentInput",
+    "IssueCommentResult",
+    "IssueRef",
     "MeasureBaseInput",
     "MergeResult",
     "MergeTaskInput",
@@ -164,6 +170,7 @@ __all__ = [
     "Timeouts",
     "ToolCall",
     "ToolOutcome",
+    "Trigger",
     "Usage",
     "WorkspaceRef",
     "slugify_run_id",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from darkfactory.contracts.base import RUN_ID_PATTERN, Frozen
 
 ShipMode = Literal["branch", "merge", "push", "pr"]
+Trigger = Literal["cli", "schedule", "issue", "alert", "backlog"]
+"""What started a run (the `FactoryTrigger` search attribute): `factory run`, a Temporal Schedule's tick, a
+GitHub issue or comment, a monitoring alert, or the repository's backlog."""
 SandboxOptOut = Literal["flag", "policy", "scripted"]
 """Why a run may run commands without bubblewrap: `--allow-degraded-sandbox`, the policy's
 `[sandbox] allow_degraded`, or a scripted model (its commands come from a recorded transcript)."""
@@ -28,6 +31,18 @@ class Timeouts(Frozen):
     """Start-to-close of one gate run (tests included)."""
     git_s: float = 120.0
     """Start-to-close of git bookkeeping steps (prepare, open, merge, ship)."""
+
+
+class IssueRef(Frozen):
+    """A GitHub issue a triggered run answers on: its outcome (and any escalation) is posted as a comment."""
+
+    owner: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+    repo: str = Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    number: int = Field(ge=1)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
 
 
 class RunConfig(Frozen):
@@ -61,6 +76,10 @@ class RunConfig(Frozen):
     input_notes: list[str] = Field(default_factory=list)
     """What was removed from the spec before any prompt, blob or history saw it (secrets redacted, hidden
     text stripped), e.g. "spec: 1 secret redacted (anthropic-api-key)"."""
+    trigger: Trigger = "cli"
+    """What started the run; a `schedule` run takes its run id from its tick (see `triggers.ids`)."""
+    report_to: IssueRef | None = None
+    """The issue that asked for the run (issue triggers): the outcome is posted there when a token is set."""
 
     @property
     def scripted(self) -> bool:
@@ -73,18 +92,20 @@ class RunRequest(Frozen):
     run_id: str = Field(pattern=RUN_ID_PATTERN)
     repo_path: str = Field(min_length=1)
     """Absolute path of the target git repository, reachable from every worker."""
-    spec: str
+    spec: str = ""
+    spec_path: str | None = None
+    """A spec file in the repository, read at the base commit when the run prepares (so a schedule's spec
+    can change under version control); the text read replaces `spec`."""
     base_branch: str = "main"
     config: RunConfig
     acceptance_tests: dict[str, str] = Field(default_factory=dict)
     """Held-out acceptance tests the spec carries ({file name: source}); they gate the plan's final tasks."""
 
-    @field_validator("spec")
-    @classmethod
-    def _spec_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    @model_validator(mode="after")
+    def _spec_given(self) -> RunRequest:
+        if not self.spec.strip() and not self.spec_path:
             raise ValueError("the spec is empty: give a file with content or a non-blank --spec-text")
-        return value
+        return self
 
 
 def slugify_run_id(text: str) -> str:

@@ -16,6 +16,8 @@ class PrepareRunInput(Frozen):
     repo_path: str
     base_branch: str
     acceptance_tests: dict[str, str] = Field(default_factory=dict)
+    spec_path: str | None = None
+    """Read the run's spec from this file at the base commit (cleaned as untrusted input)."""
 
 
 class PreparedRun(Frozen):
@@ -28,6 +30,10 @@ class PreparedRun(Frozen):
     """The spec's held-out acceptance tests, stored in the blob store."""
     baseline: BaselineSummary | None = None
     """The base's suite, measured after preparing (set by the run workflow)."""
+    spec: str | None = None
+    """The spec read from `spec_path` at the base commit, cleaned; None when the request carried its spec."""
+    spec_notes: list[str] = Field(default_factory=list)
+    """What cleaning removed from that spec."""
 
 
 class OpenWorkspaceInput(Frozen):

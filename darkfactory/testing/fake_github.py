@@ -7,7 +7,9 @@ pagination. Tests read back every request and steer failures: the next creates a
 the PR and then drop the connection (the side effect happened but the client saw an error), or lists
 answer empty for a while (GitHub's lists lag its writes).
 
-Routes: GET/POST /repos/{owner}/{repo}/pulls, GET /repos/{owner}/{repo}/pulls/{number}.
+Routes: GET/POST /repos/{owner}/{repo}/pulls, GET /repos/{owner}/{repo}/pulls/{number}, and an issue's
+comments, GET/POST /repos/{owner}/{repo}/issues/{number}/comments (`drop_after_next_creates` applies to
+comment posts too).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class FakeGitHub(LoopbackServer):
         self._released = threading.Event()
         self._requests: list[GitHubRequest] = []
         self._pulls: list[dict[str, Any]] = []
+        self._comments: list[dict[str, Any]] = []
         self._fail_creates: list[int] = []
         self._drop_creates = 0
         self._stale_lists = 0
@@ -95,6 +98,12 @@ class FakeGitHub(LoopbackServer):
         """Every PR, oldest first, as GitHub's JSON (copies)."""
         with self._lock:
             return [json.loads(json.dumps(p)) for p in self._pulls]
+
+    @property
+    def comments(self) -> list[dict[str, Any]]:
+        """Every issue comment, oldest first (copies); each has `issue` ("owner/repo#n") and `body`."""
+        with self._lock:
+            return [dict(c) for c in self._comments]
 
     def add_pull(
         self, owner: str, repo: str, head: str, base: str, *, title: str = "seeded", body: str = "", state: str = "open"
@@ -137,7 +146,7 @@ class FakeGitHub(LoopbackServer):
         split = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        if handler.command == "POST" and split.path.endswith("/pulls"):
+        if handler.command == "POST" and split.path.endswith(("/pulls", "/comments")):
             with self._lock:
                 arrived = self._create_holds.pop(0) if self._create_holds else None
             if arrived is not None:
@@ -166,11 +175,15 @@ class FakeGitHub(LoopbackServer):
         }:
             return _Reply(401, {"message": "Bad credentials", "documentation_url": _DOCS, "status": "401"})
         parts = path.strip("/").split("/")
-        if len(parts) < 4 or parts[0] != "repos" or parts[3] != "pulls":
+        if len(parts) < 4 or parts[0] != "repos" or parts[3] not in ("pulls", "issues"):
             return _not_found()
         owner, repo = parts[1], parts[2]
         if self.repos is not None and f"{owner}/{repo}".lower() not in self.repos:
             return _not_found()
+        if parts[3] == "issues":
+            if len(parts) != 6 or not parts[4].isdigit() or parts[5] != "comments":
+                return _not_found()
+            return self._issue_comments(method, f"{owner}/{repo}#{int(parts[4])}", query, body)
         if len(parts) == 5 and method == "GET" and parts[4].isdigit():
             return self._get(owner, repo, int(parts[4]))
         if len(parts) != 4:
@@ -235,6 +248,34 @@ class FakeGitHub(LoopbackServer):
                 self._drop_creates -= 1
                 return _Reply(201, pull, drop=True)
         return _Reply(201, pull)
+
+    def _issue_comments(self, method: str, issue: str, query: dict[str, str], body: Any) -> _Reply:
+        if method == "GET":
+            per_page = min(int(query.get("per_page", "30")), 100)
+            page = max(int(query.get("page", "1")), 1)
+            with self._lock:
+                found = [c for c in self._comments if c["issue"] == issue]
+            return _Reply(200, found[(page - 1) * per_page : page * per_page])
+        if method != "POST":
+            return _not_found()
+        if not isinstance(body, dict) or not isinstance(body.get("body"), str) or not body["body"]:
+            return _Reply(422, {"message": "Validation Failed", "documentation_url": _DOCS})
+        with self._lock:
+            if self._fail_creates:
+                return _Reply(self._fail_creates.pop(0), {"message": "Server Error"})
+            number = len(self._comments) + 1
+            owner_repo, _, issue_number = issue.partition("#")
+            comment = {
+                "id": number,
+                "issue": issue,
+                "body": body["body"],
+                "html_url": f"https://github.com/{owner_repo}/issues/{issue_number}#issuecomment-{number}",
+            }
+            self._comments.append(comment)
+            if self._drop_creates > 0:
+                self._drop_creates -= 1
+                return _Reply(201, comment, drop=True)
+        return _Reply(201, comment)
 
     def _new_pull(
         self, owner: str, repo: str, head: str, base: str, title: str, body: str, state: str = "open"

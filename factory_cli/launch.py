@@ -1,0 +1,44 @@
+"""Starting a FactoryRun, the one way every trigger does it (`factory run`, schedules, `factory serve`, the
+backlog): the workflow id from the run id, reject-duplicate, and the search attributes that find it."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from darkfactory.constants import TASK_QUEUE, run_workflow_id
+from darkfactory.contracts import RunRequest
+from darkfactory.search_attributes import REPO, STATUS, TRIGGER
+from workflows import FactoryRunWorkflow
+
+
+def run_search_attributes(request: RunRequest) -> TypedSearchAttributes:
+    """What `factory runs` and the web UI filter on, set when the run starts (the workflow keeps the status)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(REPO, request.repo_path),
+            SearchAttributePair(STATUS, "preparing"),
+            SearchAttributePair(TRIGGER, request.config.trigger),
+        ]
+    )
+
+
+async def start_factory_run(client: Client, request: RunRequest, task_queue: str = TASK_QUEUE) -> bool:
+    """Start the run; False when a run with its id exists already (running or ended), which is left alone.
+
+    A run id names one run forever (reject-duplicate), so a repeated trigger — a redelivered webhook, a
+    second label, the same alert again — finds the run it started instead of starting another.
+    """
+    try:
+        await client.start_workflow(
+            FactoryRunWorkflow.run,
+            request,
+            id=run_workflow_id(request.run_id),
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=run_search_attributes(request),
+        )
+    except WorkflowAlreadyStartedError:
+        return False
+    return True
