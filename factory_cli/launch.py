@@ -9,8 +9,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from darkfactory.constants import TASK_QUEUE, run_workflow_id
 from darkfactory.contracts import RunRequest
-from darkfactory.search_attributes import REPO, STATUS, TRIGGER
 from workflows import FactoryRunWorkflow
+from workflows.search_attributes import REPO, STATUS, TRIGGER
 
 
 def run_search_attributes(request: RunRequest) -> TypedSearchAttributes:

@@ -15,9 +15,9 @@ from rich.table import Table
 from temporalio.client import Client
 
 from darkfactory.constants import SA_REPO, SA_STATUS, SA_TRIGGER
-from darkfactory.search_attributes import REPO, STATUS, TRIGGER
 from darkfactory.triggers.ids import run_id_of_workflow
 from factory_cli.session import UsageError, fail, open_session
+from workflows.search_attributes import REPO, STATUS, TRIGGER
 
 app = typer.Typer()
 

@@ -12,17 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS
     from darkfactory.contracts import Decision, DecisionAction, DecisionInput, EscalationState
     from darkfactory.policy import Escalation
 
-STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
-NEEDS_REVIEW = SearchAttributeKey.for_bool(SA_NEEDS_REVIEW)
-REPO = SearchAttributeKey.for_keyword(SA_REPO)
+from workflows.search_attributes import NEEDS_REVIEW, STATUS
 
 
 class DecisionDesk:

@@ -15,10 +15,11 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
-from workflows.escalation import REPO, STATUS, DecisionDesk
+from workflows.escalation import DecisionDesk
 from workflows.issue_reports import IssueReporter
 from workflows.merge_queue import MergeQueue
 from workflows.run_book import RunBook, RunFailed, failing_gates
+from workflows.search_attributes import REPO, STATUS
 from workflows.shipping import Shipping
 
 with workflow.unsafe.imports_passed_through():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.escalation import NEEDS_REVIEW, REPO, STATUS
+from workflows.search_attributes import NEEDS_REVIEW, REPO, STATUS
 
 with workflow.unsafe.imports_passed_through():
     from darkfactory.contracts import GateReport, RunPhase, RunState, TaskState, TaskSummary

@@ -16,8 +16,9 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.escalation import NEEDS_REVIEW, STATUS, DecisionDesk
+from workflows.escalation import DecisionDesk
 from workflows.held_out import held_out_suite
+from workflows.search_attributes import NEEDS_REVIEW, STATUS
 from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
 
 with workflow.unsafe.imports_passed_through():

@@ -14,7 +14,6 @@ REPO = SearchAttributeKey.for_keyword(SA_REPO)
 TRIGGER = SearchAttributeKey.for_keyword(SA_TRIGGER)
 
 
-
 def all_keys() -> list[SearchAttributeKey[Any]]:
     """Every factory search attribute, for servers that take them at start (the test and bench servers)."""
     keys: list[SearchAttributeKey[Any]] = []
