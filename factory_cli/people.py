@@ -14,7 +14,8 @@ from temporalio.service import RPCError
 
 from darkfactory.constants import SA_NEEDS_REVIEW, run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput
-from factory_cli.session import UsageError, fail, open_session
+from darkfactory.triggers.ids import run_id_of_workflow
+from factory_cli.session import UsageError, fail, find_run, open_session
 
 app = typer.Typer()
 
@@ -71,7 +72,9 @@ def _decide(action: str, run_id: str, task_id: str, note: str, by: str | None) -
 
 async def send_decision(action: str, run_id: str, task_id: str, decision: DecisionInput) -> None:
     session = await open_session()
-    workflow_id = task_workflow_id(run_id, task_id) if task_id else run_workflow_id(run_id)
+    # A schedule tick's run may be named by its workflow id; its tasks' ids derive from its run id.
+    run_workflow = await find_run(session.client, run_id) or run_workflow_id(run_id)
+    workflow_id = task_workflow_id(run_id_of_workflow(run_workflow), task_id) if task_id else run_workflow
     what = f"task {task_id} of run {run_id}" if task_id else f"run {run_id}"
     handle = session.client.get_workflow_handle(workflow_id)
     try:

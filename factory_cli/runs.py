@@ -24,6 +24,7 @@ from factory_cli.session import (
     Session,
     UsageError,
     fail,
+    find_run,
     local_task_queue,
     open_session,
     seconds,
@@ -186,11 +187,11 @@ def status(
 
 async def fetch_status(run_id: str) -> RunState | None:
     session = await open_session()
-    handle = session.client.get_workflow_handle_for(FactoryRunWorkflow.run, run_workflow_id(run_id))
-    try:
-        description = await handle.describe()
-    except RPCError:
-        fail(f"no run with id {run_id} in namespace {session.client.namespace}")
+    workflow_id = await find_run(session.client, run_id)
+    if workflow_id is None:
+        fail(f"no run with id {run_id} in namespace {session.client.namespace}; `factory runs` lists them")
+    handle = session.client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id)
+    description = await handle.describe()
     if description.status == WorkflowExecutionStatus.COMPLETED:
         return await handle.result()
     try:
@@ -211,11 +212,11 @@ def cancel(run_id: str = typer.Argument(..., help="The run id.")) -> None:
 
 async def cancel_run(run_id: str) -> None:
     session = await open_session()
-    handle = session.client.get_workflow_handle(run_workflow_id(run_id))
-    try:
-        description = await handle.describe()
-    except RPCError:
-        raise UsageError(f"no run with id {run_id} in namespace {session.client.namespace}") from None
+    workflow_id = await find_run(session.client, run_id)
+    if workflow_id is None:
+        raise UsageError(f"no run with id {run_id} in namespace {session.client.namespace}; `factory runs` lists them")
+    handle = session.client.get_workflow_handle(workflow_id)
+    description = await handle.describe()
     if description.status != WorkflowExecutionStatus.RUNNING:
         status = description.status.name.lower() if description.status is not None else "unknown"
         raise UsageError(f"run {run_id} is not running ({status})")

@@ -22,6 +22,7 @@ from darkfactory import devserver
 from darkfactory.constants import TASK_QUEUE, run_workflow_id
 from darkfactory.settings import CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.telemetry import configure_logging
+from darkfactory.triggers.ids import workflow_id_candidates
 
 LOCAL_QUEUE_INFIX = "-local-"
 """A local run's task queue is `darkfactory-local-<id>`; its model and gates queues add their suffixes."""
@@ -65,6 +66,18 @@ class Session:
         except RPCError:
             return None
         return description.task_queue
+
+
+async def find_run(client: Client, run_id: str) -> str | None:
+    """The workflow id of the run `run_id` names (a run id, a workflow id, or a schedule tick's run id in
+    either spelling), or None when there is no such run."""
+    for workflow_id in workflow_id_candidates(run_id):
+        try:
+            await client.get_workflow_handle(workflow_id).describe()
+        except RPCError:
+            continue
+        return workflow_id
+    return None
 
 
 async def open_session() -> Session:
