@@ -87,6 +87,15 @@ class CredentialsError(ValueError):
     The message names the variables and paths, never a secret."""
 
 
+_SECRET_NAMES = (
+    "anthropic_api_key",
+    "github_token",
+    "darkfactory_github_webhook_secret",
+    "darkfactory_alertmanager_token",
+    "darkfactory_sentry_client_secret",
+)
+
+
 class Credentials(BaseSettings):
     """Secrets, from the environment or from files (`ANTHROPIC_API_KEY_FILE`, `GITHUB_TOKEN_FILE`).
 
@@ -108,10 +117,20 @@ class Credentials(BaseSettings):
     """`GITHUB_TOKEN`: for `--ship pr` (pull requests: write on the repository)."""
     github_token_file: Path | None = None
     """`GITHUB_TOKEN_FILE`: a file holding the token."""
+    # `factory serve`'s webhook secrets: a request without the right signature or token starts nothing.
+    darkfactory_github_webhook_secret: SecretStr | None = None
+    """`DARKFACTORY_GITHUB_WEBHOOK_SECRET`: the GitHub webhook's secret (X-Hub-Signature-256)."""
+    darkfactory_github_webhook_secret_file: Path | None = None
+    darkfactory_alertmanager_token: SecretStr | None = None
+    """`DARKFACTORY_ALERTMANAGER_TOKEN`: the bearer token Alertmanager's webhook config sends."""
+    darkfactory_alertmanager_token_file: Path | None = None
+    darkfactory_sentry_client_secret: SecretStr | None = None
+    """`DARKFACTORY_SENTRY_CLIENT_SECRET`: the Sentry integration's client secret (Sentry-Hook-Signature)."""
+    darkfactory_sentry_client_secret_file: Path | None = None
 
     @model_validator(mode="after")
     def _read_files(self) -> Credentials:
-        for name in ("anthropic_api_key", "github_token"):
+        for name in _SECRET_NAMES:
             path: Path | None = getattr(self, f"{name}_file")
             if path is None:
                 continue
@@ -134,6 +153,11 @@ class Credentials(BaseSettings):
 
     def github_key(self) -> str | None:
         return self.github_token.get_secret_value() if self.github_token is not None else None
+
+    def secret(self, name: str) -> str | None:
+        """One of the secrets by its field name (`darkfactory_alertmanager_token`), None when unset."""
+        value: SecretStr | None = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
 
 
 def load_credentials() -> Credentials:

@@ -5,4 +5,9 @@ that needs no Temporal client (ids, specs, signatures, the `factory serve` confi
 | module | what |
 | --- | --- |
 | `ids.py` | workflow ids per trigger (a duplicate trigger finds the run it already started) |
+| `comments.py` | what a run posts back on its issue (the outcome, an escalation and how to answer it) |
+| `signatures.py` | webhook signatures and tokens, over the raw body, in constant time |
+| `serve_config.py` | `factory serve`'s TOML config, validated with errors that name the key |
+| `github_events.py` | which GitHub deliveries ask for a run (label, `/factory run` from a trusted author) |
+| `alerts.py` | Alertmanager and Sentry payloads to a diagnosis spec and a dedupe key |
 """
