@@ -1,6 +1,7 @@
 """The `factory` CLI: the entry point, assembled from the command groups in `factory_cli/`.
 
-runs (`run`, `status`, `cancel`), people (`queue`, `approve`, `reject`, `retry`), the demo and serving
+runs (`run`, `status`, `cancel`), listing (`runs`), people (`queue`, `approve`, `reject`, `retry`),
+schedules (`schedule ...`), the backlog (`backlog ...`), the webhooks (`serve`), the demo and serving
 (`dev`). Each command parses and validates its input before anything starts, builds a client, calls
 library code and prints. With no TEMPORAL_ADDRESS it uses the embedded dev server (starting it if none
 listens) and `run` serves its run with a worker in-process, on task queues of its own; with one set it

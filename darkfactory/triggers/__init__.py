@@ -1,6 +1,7 @@
 """What starts runs without a person typing `factory run`: Temporal Schedules, GitHub issues, monitoring
 alerts and the backlog. Every trigger ends in the same FactoryRun; this package holds what they share
-that needs no Temporal client (ids, specs, signatures, the `factory serve` config and HTTP app).
+that needs no Temporal client (ids, specs, signatures, the `factory serve` config; its HTTP app is
+`factory_cli/serve_app.py`).
 
 | module | what |
 | --- | --- |
