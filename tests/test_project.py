@@ -81,12 +81,22 @@ def test_mypy_strict_is_clean_on_the_domain_library() -> None:
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_the_readme_serve_config_example_is_a_valid_config() -> None:
+    from darkfactory.triggers.serve_config import parse_serve_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    [example] = [block for block in blocks if "[repos." in block]
+    config = parse_serve_config(example, "README.md")
+    assert config.repos["acme/widgets"].label == "factory"
+    assert config.repos["acme/widgets"].alert_labels == {"service": "widgets"}
+
+
 def test_the_readme_policy_example_is_a_valid_policy() -> None:
     from darkfactory.policy import parse_policy
 
-    example = re.search(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-    assert example is not None
-    policy = parse_policy(example.group(1))
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    [example] = [block for block in blocks if "protected" in block]
+    policy = parse_policy(example)
     assert policy.protected == ["migrations/**"]
     assert policy.commands.test == ["python", "-m", "pytest", "-q"]
     assert policy.escalation.default_action == "reject"
