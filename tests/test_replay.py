@@ -4,7 +4,9 @@ A change that breaks determinism (a reordered activity, a new step without `work
 here before it reaches a worker with runs in flight. Re-record after an intentional, versioned change:
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_factory_run.py -k happy_path` and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_escalation.py -k signal_approve` (a task that escalates,
-tells its run, and is approved by a signal).
+tells its run, and is approved by a signal), and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_backlog.py -k priority` (a backlog that starts three runs
+one at a time and continues-as-new).
 """
 
 from __future__ import annotations

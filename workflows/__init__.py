@@ -7,14 +7,16 @@
 - `run_book.py`     RunBook: the run's state and the search attributes that mirror it; RunFailed
 - `held_out.py`     held-out acceptance tests checked on the task's base (rewritten or dropped when they do not bite)
 - `steps.py`        retry policies, task queues per resource class, activity failures ending a task
+- `backlog.py`      BacklogWorkflow: one per repository; queued specs become runs by priority, capped, in hours
 - `escalation.py`   DecisionDesk: waiting for a person (search attributes, memo, deadline), recording decisions
 """
 
 from __future__ import annotations
 
+from workflows.backlog import BacklogWorkflow
 from workflows.factory_run import FactoryRunWorkflow
 from workflows.task import TaskWorkflow
 
-WORKFLOWS = [FactoryRunWorkflow, TaskWorkflow]
+WORKFLOWS = [FactoryRunWorkflow, TaskWorkflow, BacklogWorkflow]
 
-__all__ = ["WORKFLOWS", "FactoryRunWorkflow", "TaskWorkflow"]
+__all__ = ["WORKFLOWS", "BacklogWorkflow", "FactoryRunWorkflow", "TaskWorkflow"]
