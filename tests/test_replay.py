@@ -6,7 +6,9 @@ here before it reaches a worker with runs in flight. Re-record after an intentio
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_escalation.py -k signal_approve` (a task that escalates,
 tells its run, and is approved by a signal), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_backlog.py -k priority` (a backlog that starts three runs
-one at a time and continues-as-new).
+one at a time and continues-as-new), and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_serve.py -k labelled` (an issue's run that comments on
+the issue once, though the post is retried).
 """
 
 from __future__ import annotations

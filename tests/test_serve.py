@@ -29,6 +29,7 @@ from darkfactory.triggers.signatures import hmac_sha256_hex
 from factory_cli.serve_app import Launcher, WebhookApp
 from tests.conftest import DEMO, factory_worker, git
 from tests.test_escalation import BIN, address
+from tests.test_replay import record_history
 from workflows import FactoryRunWorkflow
 
 TRANSCRIPT = f"scripted:{DEMO / 'transcript.json'}"
@@ -162,6 +163,8 @@ async def test_a_labelled_issue_starts_one_run_that_merges_and_answers_on_the_is
         2,
     )
     assert summary.shipped_sha is not None and summary.shipped_sha[:12] in answers[0]["body"]
+    if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
+        await record_history(client, run_id, "issue_reported_once")
 
 
 async def test_unsigned_malformed_outsider_unknown_and_oversized_requests_start_nothing(
