@@ -20,15 +20,15 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from darkfactory.constants import run_workflow_id
-from darkfactory.contracts import RunRequest
+from darkfactory.contracts import IssueRef, RunRequest
 from darkfactory.settings import Credentials
 from darkfactory.testing.fake_github import FakeGitHub
 from darkfactory.triggers.ids import issue_run_id
 from darkfactory.triggers.serve_config import parse_serve_config
 from darkfactory.triggers.signatures import hmac_sha256_hex
 from factory_cli.serve_app import Launcher, WebhookApp
-from tests.conftest import DEMO, factory_worker, git
-from tests.test_escalation import BIN, address
+from tests.conftest import DEMO, escalation_of, factory_worker, git, request_for
+from tests.test_escalation import BIN, address, cli, never_passing, started
 from tests.test_replay import record_history
 from workflows import FactoryRunWorkflow
 
@@ -308,3 +308,28 @@ def test_bad_serve_input_is_refused_before_anything_listens(client: Client, tmp_
         assert result.returncode == 2, (message, result.stdout, result.stderr)
         assert message in result.stderr and "listening" not in result.stdout, (message, result.stderr)
     assert WEBHOOK_SECRET not in "".join(result.stdout + result.stderr for result, _ in cases)
+
+
+async def test_an_issue_run_that_escalates_says_so_on_the_issue_with_the_commands_that_answer_it(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    issue = IssueRef(owner="acme", repo=f"widgets-{uuid.uuid4().hex[:6]}", number=3)
+    model = f"scripted:{never_passing(tmp_path, then_fix=True)}"
+    request = request_for(demo_repo, model, ship="branch", max_attempts=2, trigger="issue", report_to=issue)
+    with FakeGitHub(token=GITHUB_TOKEN) as github:
+        monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        async with started(client, factory_home, request) as handle:
+            await escalation_of(client, request.run_id, "add-slugify")
+            # The command the comment names is the one that answers it.
+            retried = cli(address(client), "retry", request.run_id, "add-slugify", "--note", "handle empty titles")
+            assert retried.returncode == 0, retried.stderr
+            summary = await handle.result()
+
+    assert summary.succeeded, summary.error
+    bodies = [comment["body"] for comment in github.comments if comment["issue"] == f"{issue.full_name}#3"]
+    [escalated] = [body for body in bodies if "waits for a person" in body]
+    [outcome] = [body for body in bodies if body != escalated]
+    assert f"factory retry {request.run_id} add-slugify" in escalated
+    assert "attempt caps spent after 2 attempt(s)" in escalated
+    assert f"run `{request.run_id}` left its work on branch `{summary.shipped_to}`" in outcome

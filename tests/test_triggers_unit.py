@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from darkfactory.contracts import RunRequest
 from darkfactory.triggers.alerts import AlertWork, alertmanager_work, sentry_work
 from darkfactory.triggers.github_events import Ignored, IssueWork, issue_work
 from darkfactory.triggers.ids import alert_run_id, issue_run_id
@@ -166,8 +167,17 @@ def test_a_sentry_issue_routes_by_project_and_only_new_or_regressed_issues_start
 
 
 def test_run_ids_name_one_run_per_issue_and_per_alert_window() -> None:
-    assert issue_run_id("acme/widgets", 7) == issue_run_id("acme/widgets", 7) == "issue-acme-widgets-7"
+    assert issue_run_id("acme/widgets", 7) == issue_run_id("Acme/Widgets", 7)  # GitHub names ignore case
+    assert issue_run_id("acme/widgets", 7).startswith("issue-acme-widgets-")
     assert issue_run_id("acme/widgets", 7) != issue_run_id("acme/widgets", 8)
+    assert issue_run_id("acme-x/y", 7) != issue_run_id("acme/x-y", 7)  # one slug, two repositories
+    long_name = "acme/" + "a-very-long-repository-name-" * 3
+    assert issue_run_id(long_name + "one", 7) != issue_run_id(long_name + "two", 7)
+    assert issue_run_id(long_name, 12345678).endswith("-12345678") and len(issue_run_id(long_name, 12345678)) <= 64
+    RunRequest.model_validate(  # a valid run id, for the longest names GitHub allows
+        {"run_id": issue_run_id("o" * 39 + "/" + "r" * 100, 10**9), "repo_path": "/r", "spec": "s",
+         "config": {"model": "m"}}
+    )  # fmt: skip
     assert alert_run_id("alertmanager", "k", 5) == alert_run_id("alertmanager", "k", 5)
     assert alert_run_id("alertmanager", "k", 5) != alert_run_id("alertmanager", "k", 6)
     assert alert_run_id("alertmanager", "k", 5) != alert_run_id("alertmanager", "other", 5)

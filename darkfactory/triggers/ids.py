@@ -1,6 +1,6 @@
 """Run ids per trigger, chosen so that a repeated trigger names the run it already started.
 
-- an issue: `issue-<owner>-<repo>-<number>` (the workflow id `run-issue-…` is started reject-duplicate,
+- an issue: `issue-<owner>-<repo>-<digest>-<number>` (the workflow id `run-issue-…` is started reject-duplicate,
   so a redelivered webhook or a second label event starts nothing);
 - an alert: `alert-<source>-<key digest>-<window>` (one diagnosis run per alert per dedupe window);
 - a schedule tick: the schedule's run id plus the tick's time. Temporal appends the tick's timestamp to the
@@ -59,8 +59,13 @@ def workflow_id_candidates(run_id: str) -> list[str]:
 
 
 def issue_run_id(full_name: str, number: int) -> str:
-    """`issue-<owner>-<repo>-<n>`: one run per issue, whatever event or delivery asked for it."""
-    return f"issue-{slugify_run_id(full_name)}-{number}"[:64]
+    """`issue-<owner>-<repo>-<digest>-<n>`: one run per issue, whatever event or delivery asked for it.
+
+    The digest of the exact name keeps apart what the slug folds together (`acme-x/y` and `acme/x-y`, or
+    two long names cut at the same place); the number is never cut off.
+    """
+    digest = hashlib.sha256(full_name.lower().encode()).hexdigest()[:6]
+    return f"issue-{slugify_run_id(full_name)[:32].strip('-')}-{digest}-{number}"
 
 
 def alert_run_id(source: str, key: str, window: int) -> str:
