@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from darkfactory.contracts import Frozen
+from darkfactory.errors import ServiceCallError
 
 OWNER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 REPO_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -23,33 +24,8 @@ _MAX_PAGES = 10
 """Marker scans stop after this many pages of open PRs (newest first, where a retry's PR is)."""
 
 
-class GitHubError(Exception):
+class GitHubError(ServiceCallError):
     """A GitHub API call failed. `retryable` decides whether Temporal tries again; the message is safe to log."""
-
-    def __init__(
-        self,
-        message: str,
-        kind: str = "unexpected",
-        retryable: bool = False,
-        retry_after_s: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        # All fields go into args so the exception pickles (process pools, Temporal failure converters).
-        super().__init__(message, kind, retryable, retry_after_s, status)
-        self.message = message
-        self.kind = kind
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(kind={self.kind!r}, retryable={self.retryable}, status={self.status}, "
-            f"message={self.message!r})"
-        )
 
 
 class PullRequestExists(GitHubError):

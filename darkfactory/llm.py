@@ -20,6 +20,7 @@ import anthropic
 from anthropic.types import Message
 
 from darkfactory.contracts import CallContext, ModelRequest, ModelResponse, Usage
+from darkfactory.errors import ServiceCallError
 
 if TYPE_CHECKING:
     import httpx2
@@ -54,33 +55,8 @@ class ModelClient(Protocol):
 # Errors
 
 
-class ModelCallError(Exception):
+class ModelCallError(ServiceCallError):
     """A model call failed. `retryable` decides whether Temporal tries again; the message is safe to log."""
-
-    def __init__(
-        self,
-        message: str,
-        kind: str = "unexpected",
-        retryable: bool = False,
-        retry_after_s: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        # All fields go into args so the exception pickles (process pools, Temporal failure converters).
-        super().__init__(message, kind, retryable, retry_after_s, status)
-        self.message = message
-        self.kind = kind
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return (
-            f"ModelCallError(kind={self.kind!r}, retryable={self.retryable}, status={self.status}, "
-            f"retry_after_s={self.retry_after_s}, message={self.message!r})"
-        )
 
 
 _STATUS_TABLE: dict[int, tuple[str, bool]] = {
