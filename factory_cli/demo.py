@@ -17,8 +17,8 @@ from factory_cli.runs import run_and_watch
 from factory_cli.session import UsageError, fail
 
 app = typer.Typer()
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-"""The checkout's examples/ (the demo needs an editable install: pip install -e .)."""
+DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
+"""The demo's repository, spec and transcript: package data (a checkout's examples/demo links here)."""
 
 
 @app.command()
@@ -26,23 +26,23 @@ def demo(
     keep: bool = typer.Option(False, help="Keep the demo repository instead of deleting it afterwards."),
 ) -> None:
     """Run the offline demo: a sample repo, a two-task spec and a scripted model (no API key needed)."""
-    source = EXAMPLES / "demo" / "repo"
+    source = DEMO_FILES / "repo"
     if not source.is_dir():
-        fail(f"demo files are missing at {source}; install darkfactory from a checkout (pip install -e .)")
+        fail(f"demo files are missing at {source}; reinstall darkfactory (pip install --force-reinstall darkfactory)")
     workdir = Path(tempfile.mkdtemp(prefix="darkfactory-demo-"))
     repo = workdir / "textkit"
     shutil.copytree(source, repo)
     _init_repo(repo)
     console = Console()
-    console.print(f"Demo repository: {repo} (a copy of examples/demo/repo)", highlight=False)
+    console.print(f"Demo repository: {repo} (a copy of the demo repository shipped with darkfactory)", highlight=False)
     try:
         request = build_request(
             repo,
-            EXAMPLES / "demo" / "spec.md",
+            DEMO_FILES / "spec.md",
             None,
             "main",
             "merge",
-            f"scripted:{EXAMPLES / 'demo' / 'transcript.json'}",
+            f"scripted:{DEMO_FILES / 'transcript.json'}",
             None,
             None,
             30,
@@ -56,7 +56,7 @@ def demo(
         console.print("\nmain after the run:\n" + log.stdout, highlight=False)
     console.print(
         "[bold yellow]The model in this demo was scripted:[/] every answer came from "
-        "examples/demo/transcript.json. Set ANTHROPIC_API_KEY and use `factory run` for Claude."
+        "the demo's recorded transcript.json. Set ANTHROPIC_API_KEY and use `factory run` for Claude."
     )
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
