@@ -1,7 +1,8 @@
 """The composition root: connects to Temporal, builds model clients, activities and interceptors, runs a worker.
 
-`factory-worker` runs one worker process against `TEMPORAL_ADDRESS` (or the embedded dev server). The CLI
-reuses `build_worker` to run a worker in-process when no address is set.
+`factory-worker` runs one worker process against `TEMPORAL_ADDRESS` (or the embedded dev server), optionally
+serving Prometheus metrics (`--metrics-port`). The CLI reuses `build_worker` to run a worker in-process when no
+address is set.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import typer
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, Interceptor
+from temporalio.client import Client, Plugin
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
+from activities.audit import AuditActivities, AuditInterceptor
 from activities.context import LogContextInterceptor
 from activities.gates import GateActivities
+from activities.metrics import METRICS_BIND_ENV, MetricsBindError, MetricsEndpoint, serve_metrics
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
+from activities.tracing import configure_tracing, shutdown_tracing
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
@@ -36,7 +41,7 @@ from darkfactory.constants import QUEUE_CLASSES, SEARCH_ATTRIBUTES, TASK_QUEUE, 
 from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
 from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
-from darkfactory.telemetry import configure_logging, configure_tracing, shutdown_tracing
+from darkfactory.telemetry import configure_logging
 from workflows import WORKFLOWS
 
 log = structlog.get_logger(__name__)
@@ -77,17 +82,25 @@ class ModelClients:
         self._clients.clear()
 
 
-def tracing_interceptors() -> list[Interceptor]:
-    """Temporal's TracingInterceptor, when the OTEL_* environment asks for traces."""
+def tracing_plugins() -> list[Plugin]:
+    """Temporal's OpenTelemetry plugin, when the OTEL_* environment asks for traces (or a test installed them).
+
+    The plugin, not the older TracingInterceptor: its workflow spans last as long as the workflow (the
+    interceptor's end at once), and it is replay-safe. Workers built on the client inherit it.
+    """
     if not configure_tracing("darkfactory"):
         return []
-    from temporalio.contrib.opentelemetry import TracingInterceptor
+    from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
-    return [TracingInterceptor()]
+    return [OpenTelemetryPlugin(add_temporal_spans=True)]
 
 
-async def connect(settings: TemporalSettings, address: str | None = None) -> Client:
-    """A client for `address` (default: TEMPORAL_ADDRESS), with TLS / API key from the environment."""
+async def connect(settings: TemporalSettings, address: str | None = None, *, runtime: Runtime | None = None) -> Client:
+    """A client for `address` (default: TEMPORAL_ADDRESS), with TLS / API key from the environment.
+
+    `runtime` carries the metrics exporter (see `activities.metrics.serve_metrics`); workers built on
+    this client report through it. None: the SDK's default runtime, no metrics endpoint.
+    """
     target = address or settings.address
     if not target:
         raise ValueError("no Temporal address: set TEMPORAL_ADDRESS or start the embedded server")
@@ -104,7 +117,8 @@ async def connect(settings: TemporalSettings, address: str | None = None) -> Cli
         api_key=settings.api_key,
         tls=tls,
         data_converter=pydantic_data_converter,
-        interceptors=tracing_interceptors(),
+        plugins=tracing_plugins(),
+        runtime=runtime,
     )
 
 
@@ -171,6 +185,9 @@ def build_worker(
     workspace = WorkspaceActivities(settings, blobs)
     gates = GateActivities(settings, blobs)
     notify = NotifyActivities()
+    audit = AuditActivities(settings.home)
+    # Binds the log ids, then writes the run's audit trail from what each activity returned.
+    interceptors = [LogContextInterceptor(), AuditInterceptor(settings.home)]
     slots = max_concurrent_activities or settings.max_concurrent_activities
     workers: list[Worker] = []
     if "workflows" in serve:
@@ -189,11 +206,12 @@ def build_worker(
                     workspace.revert_shipped,
                     workspace.release_workspaces,
                     notify.post_issue_comment,
+                    audit.record_decision,
                 ],
                 # git and tools block: they run as sync activities in this pool.
                 activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=slots),
                 max_concurrent_activities=slots,
-                interceptors=[LogContextInterceptor()],
+                interceptors=interceptors,
             )
         )
     if "model" in serve:
@@ -205,7 +223,7 @@ def build_worker(
                 max_concurrent_activities=settings.model_concurrency,
                 # Server-side, for the whole queue across workers: the provider's rate limit is global.
                 max_task_queue_activities_per_second=settings.model_calls_per_second,
-                interceptors=[LogContextInterceptor()],
+                interceptors=interceptors,
             )
         )
     if "gates" in serve:
@@ -217,7 +235,7 @@ def build_worker(
                 activities=[gates.measure_base, gates.check_acceptance, gates.run_gates],
                 activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=cores),
                 max_concurrent_activities=cores,
-                interceptors=[LogContextInterceptor()],
+                interceptors=interceptors,
             )
         )
     return FactoryWorkers(workers, clients)
@@ -230,7 +248,9 @@ async def run_worker(
     *,
     credentials: Credentials | None = None,
     degraded_sandbox: bool = False,
+    metrics: MetricsEndpoint | None = None,
 ) -> None:
+    """Serve until SIGINT/SIGTERM, reporting metrics through `metrics` when given."""
     credentials = credentials or load_credentials()
     temporal = TemporalSettings()
     settings = FactorySettings()
@@ -239,7 +259,7 @@ async def run_worker(
         config = devserver.DevServerConfig.from_env(settings.home)
         devserver.ensure_running(config)
         address = config.address
-    client = await connect(temporal, address)
+    client = await connect(temporal, address, runtime=metrics.runtime if metrics else None)
     await ensure_search_attributes(client)
     if credentials.anthropic_api_key is None and "model" in serve:
         log.warning("no_anthropic_key", hint="only scripted:... models will work on this worker")
@@ -268,6 +288,7 @@ async def run_worker(
         task_queue=task_queue,
         serves=list(serve),
         pid=os.getpid(),
+        metrics=metrics.url if metrics else None,
     )
     async with worker:
         await stop.wait()
@@ -293,18 +314,36 @@ def serve(
         help="Serve even where bubblewrap is unusable: commands run unsandboxed, with a scrubbed environment "
         "only. Without it such a worker refuses to start (unless it serves only model calls).",
     ),
+    metrics_bind: str | None = typer.Option(
+        None,
+        "--metrics-port",
+        "--metrics-bind",
+        envvar=METRICS_BIND_ENV,
+        metavar="[HOST:]PORT",
+        help="Serve Prometheus metrics (the SDK's temporal_* and the factory's darkfactory_*) at "
+        "http://HOST:PORT/metrics; a port alone listens on 127.0.0.1. Off by default.",
+    ),
 ) -> None:
-    """Serve the factory's workflows and activities until SIGINT/SIGTERM. Logs are JSON lines on stderr."""
+    """Serve the factory's workflows and activities until SIGINT/SIGTERM. Logs are JSON lines on stderr.
+
+    Exit codes: 0 stopped by a signal, 2 refused to start (configuration), 1 anything else.
+    """
     classes = [name.strip() for name in serve.split(",") if name.strip()]
     # Before connecting or serving anything: a refused worker takes no task, so makes no model call.
     try:
+        # The exporter binds when the runtime is built: a taken port stops the worker here, not silently later.
+        metrics = serve_metrics(metrics_bind) if metrics_bind else None
         degraded = worker_runs_degraded(classes, flag=allow_degraded_sandbox)
         credentials = load_credentials()
-    except (DegradedSandbox, CredentialsError) as exc:
+    except (MetricsBindError, DegradedSandbox, CredentialsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(log_level)
-    asyncio.run(run_worker(task_queue, max_concurrent, classes, credentials=credentials, degraded_sandbox=degraded))
+    asyncio.run(
+        run_worker(
+            task_queue, max_concurrent, classes, credentials=credentials, degraded_sandbox=degraded, metrics=metrics
+        )
+    )
 
 
 def exit_cleanly(run: Callable[[], object]) -> NoReturn:

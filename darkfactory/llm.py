@@ -3,7 +3,13 @@
 The agent core depends only on `ModelClient`. `AnthropicClient` is the one place that knows the vendor
 SDK; it never retries (`max_retries=0`) because Temporal owns retries, and `classify_error` is the one
 table that says which failures are worth another attempt. Scripted transcripts (demos and tests without
-a key) live in `darkfactory/scripted.py`.
+a key) live in `darkfactory/scripted.py`, prices in `darkfactory/pricing.py` (re-exported here).
+
+Prompt caching: the API caches the prompt's prefix (tools, then system, then messages) up to each block that
+carries `cache_control`, and a later request reads it only if its prefix is byte-identical up to such a
+breakpoint. `_request_kwargs` is the one place breakpoints are set, at most `MAX_CACHE_BREAKPOINTS`:
+the instructions (tools and system), the shared context, and in a conversation that goes on, the end of
+the previous turn (where the last request wrote) and the end of this one (where the next will read).
 """
 
 from __future__ import annotations
@@ -14,24 +20,27 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anthropic
 from anthropic.types import Message
 
 from darkfactory.contracts import CallContext, ModelRequest, ModelResponse, Usage
 from darkfactory.errors import ServiceCallError
+from darkfactory.pricing import PRICES_USD_PER_MTOK, Price, estimate_cost_usd
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
+    "MAX_CACHE_BREAKPOINTS",
     "PRICES_USD_PER_MTOK",
     "AnthropicClient",
     "ModelCallError",
     "ModelClient",
     "Price",
     "build_model_client",
+    "cache_breakpoints",
     "classify_error",
     "estimate_cost_usd",
 ]
@@ -257,26 +266,108 @@ class AnthropicClient:
             ) from exc
 
 
-def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
-    """`messages.create` arguments with cache breakpoints on the stable prefix (tools, then system).
+MAX_CACHE_BREAKPOINTS = 4
+"""The API refuses a request with more blocks carrying `cache_control` (HTTP 400)."""
+_EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+_CACHEABLE_BLOCKS = frozenset({"text", "image", "document", "tool_use", "tool_result", "search_result"})
+"""Block types that may carry `cache_control` (thinking blocks may not)."""
 
-    The request is frozen and may be reused by the caller, so tools are copied, never mutated.
+
+def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
+    """`messages.create` arguments, laid out for the prompt cache with at most four breakpoints.
+
+    1. the instructions: the last system block (tools come before it, so it covers them; the last tool
+       when there is no system prompt);
+    2. `request.context`, the first block of the first user message;
+    3. and 4. with `cache_conversation`: the end of the previous turn (the last user message before the last
+       assistant message: where the previous request ended and wrote) and the end of this request.
+
+    Every block is sent as a fresh copy without `cache_control` from the caller: the request is frozen and
+    may be reused, and a transcript that kept old breakpoints would soon carry more than the API allows.
+    String contents become one text block, so a message reads the same whether or not it carries a breakpoint.
     """
-    kwargs: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": request.messages,
-    }
-    if request.system:
-        # The API refuses empty text blocks, so an empty system prompt is left out altogether.
-        kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
-    if request.tools:
-        tools = [dict(tool) for tool in request.tools]
-        tools[-1]["cache_control"] = {"type": "ephemeral"}
+    tools = [_clean(tool) for tool in request.tools]
+    messages = [{**message, "content": _blocks(message.get("content"))} for message in request.messages]
+    if request.context:
+        if not messages or messages[0].get("role") != "user":
+            raise ValueError("a request with context must start with a user message")
+        context_block: dict[str, Any] = {"type": "text", "text": request.context}
+        messages[0] = {**messages[0], "content": [context_block, *messages[0]["content"]]}
+    # The API refuses empty text blocks, so an empty system prompt is left out altogether.
+    system = [{"type": "text", "text": request.system}] if request.system else []
+
+    if system:
+        _mark(system[-1])
+    elif tools:
+        _mark(tools[-1])
+    if request.context:
+        _mark(messages[0]["content"][0])
+    if request.cache_conversation and messages:
+        last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last_assistant is not None:
+            previous = max((i for i in range(last_assistant) if messages[i].get("role") == "user"), default=None)
+            if previous is not None:
+                _mark_last(messages[previous])
+        _mark_last(messages[-1])
+
+    kwargs: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
+    if system:
+        kwargs["system"] = system
+    if tools:
         kwargs["tools"] = tools
     if request.tool_choice is not None:
         kwargs["tool_choice"] = request.tool_choice
+    count = cache_breakpoints(kwargs)
+    if count > MAX_CACHE_BREAKPOINTS:  # not `assert`: it must hold under `python -O` too
+        raise ModelCallError(
+            f"unexpected: the request would carry {count} cache breakpoints; the API allows {MAX_CACHE_BREAKPOINTS}",
+            kind="unexpected",
+            retryable=False,
+        )
     return kwargs
+
+
+def cache_breakpoints(body: Mapping[str, Any]) -> int:
+    """How many blocks of a Messages API request body carry `cache_control`."""
+    blocks: list[Any] = list(body.get("tools") or [])
+    system = body.get("system")
+    if isinstance(system, list):
+        blocks.extend(system)
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            blocks.extend(content)
+    return sum(1 for block in blocks if isinstance(block, Mapping) and "cache_control" in block)
+
+
+def _clean(block: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in block.items() if key != "cache_control"}
+
+
+def _blocks(content: Any) -> Any:
+    if isinstance(content, str):
+        # An empty string cannot become a text block (the API refuses those); it stays as it was.
+        return [{"type": "text", "text": content}] if content else content
+    if isinstance(content, list):
+        return [_clean(block) if isinstance(block, Mapping) else block for block in content]
+    return content
+
+
+def _mark(block: dict[str, Any]) -> None:
+    block["cache_control"] = dict(_EPHEMERAL)
+
+
+def _mark_last(message: dict[str, Any]) -> None:
+    """Put a breakpoint on the message's last block that may carry one (its copy, never the caller's)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return
+    for index in range(len(content) - 1, -1, -1):
+        block = content[index]
+        if isinstance(block, dict) and block.get("type") in _CACHEABLE_BLOCKS:
+            if "cache_control" not in block:
+                content[index] = {**block, "cache_control": dict(_EPHEMERAL)}
+            return
 
 
 def _to_response(message: Message) -> ModelResponse:
@@ -304,37 +395,3 @@ def build_model_client(model: str) -> ModelClient:
 
         return ScriptedClient(Path(model[len(SCRIPTED_PREFIX) :]))
     return AnthropicClient()
-
-
-# --------------------------------------------------------------------------------------------------
-# Cost
-
-
-class Price(NamedTuple):
-    """USD per million tokens."""
-
-    input: float
-    output: float
-    cache_write: float
-    cache_read: float
-
-
-PRICES_USD_PER_MTOK: dict[str, Price] = {
-    "claude-sonnet-4": Price(3.0, 15.0, 3.75, 0.30),
-    "claude-opus-4": Price(15.0, 75.0, 18.75, 1.50),
-    "claude-haiku-4": Price(1.0, 5.0, 1.25, 0.10),
-}
-"""Model-name prefix -> list price (5-minute cache writes). An estimate for dashboards, not an invoice."""
-
-
-def estimate_cost_usd(model: str, usage: Usage) -> float:
-    """List-price cost of `usage`; 0.0 for scripted runs and models missing from the table."""
-    price = next((p for prefix, p in PRICES_USD_PER_MTOK.items() if model.startswith(prefix)), None)
-    if price is None:
-        return 0.0
-    return (
-        usage.input_tokens * price.input
-        + usage.output_tokens * price.output
-        + usage.cache_creation_input_tokens * price.cache_write
-        + usage.cache_read_input_tokens * price.cache_read
-    ) / 1_000_000

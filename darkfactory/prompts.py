@@ -1,7 +1,11 @@
-"""Builds the planner's and the coding agent's requests from the templates in `prompts/`.
+"""Builds the model roles' requests from the templates in `prompts/`.
 
-The stable prefix (system prompt, tool definitions, repository listing) comes first so prompt caching
-covers it; what changes per call (feedback, turns) comes after.
+Requests are laid out for the prompt cache, most stable first: tools, system prompt, repository overview,
+then what changes per call (the task, feedback, turns). The planner, the acceptance-test writer and the
+reviewer share one tool list (`role_tools`, each request forcing its own tool) and one system prompt
+(`roles_system.j2`), so their common prefix is byte-identical and long enough to be cached on its own; with
+the repository overview of the same commit it grows further. The coding agent has tools of its own, and
+shares its prefix with every agent turn, task and attempt.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from darkfactory.contracts import (
     ReviewInput,
     ReviewVerdict,
 )
+from darkfactory.repo_context import RepoSnapshot
 from darkfactory.untrusted import as_data
 
 SUBMIT_PLAN_TOOL = "submit_plan"
@@ -30,7 +35,6 @@ SUBMIT_REVIEW_TOOL = "submit_review"
 SUBMIT_TESTS_TOOL = "submit_tests"
 MAX_DIFF_CHARS = 40_000
 """Diff characters shown to the reviewer; larger changes escalate on size anyway."""
-MAX_LISTED_FILES = 300
 
 
 @cache
@@ -51,8 +55,9 @@ def render(template: str, **values: Any) -> str:
     return _environment().get_template(template).render(**values)
 
 
-def _listing(files: list[str]) -> tuple[list[str], bool]:
-    return files[:MAX_LISTED_FILES], len(files) > MAX_LISTED_FILES
+def repository_context(repo: RepoSnapshot) -> str:
+    """The repository overview every role's request starts with (`ModelRequest.context`)."""
+    return render("repo_context.j2", repo=repo)
 
 
 def plan_tool() -> dict[str, Any]:
@@ -62,37 +67,49 @@ def plan_tool() -> dict[str, Any]:
     )
 
 
-def planner_request(input: PlanInput, files: list[str], readme: str) -> ModelRequest:
-    """The planner's request: the repository, the tests failing on its base, the spec."""
-    listed, truncated = _listing(files)
+def role_tools() -> list[dict[str, Any]]:
+    """The tools of the planner, the acceptance-test writer and the reviewer, in one list they share (the
+    cached prefix starts with the tools); each request forces its own with `tool_choice`."""
+    return [
+        plan_tool(),
+        _schema_tool(SUBMIT_TESTS_TOOL, "Submit the acceptance test files.", AcceptanceTests),
+        _schema_tool(SUBMIT_REVIEW_TOOL, "Submit the review verdict and findings.", ReviewVerdict),
+    ]
+
+
+def roles_system() -> str:
+    return render("roles_system.j2")
+
+
+def _role_request(model: str, repo: RepoSnapshot, user: str, tool: str, max_tokens: int) -> ModelRequest:
     return ModelRequest(
-        model=input.config.model,
-        system=render("planner_system.j2"),
-        messages=[
-            {
-                "role": "user",
-                "content": render(
-                    "planner_user.j2",
-                    spec=input.spec,
-                    files=listed,
-                    truncated=truncated,
-                    readme=readme,
-                    attempt=input.attempt,
-                    problem=input.problem,
-                    base_failures=input.base_failures,
-                    base_failed=input.base_failed,
-                ),
-            }
-        ],
-        tools=[plan_tool()],
-        tool_choice={"type": "tool", "name": SUBMIT_PLAN_TOOL},
-        max_tokens=input.config.max_tokens,
+        model=model,
+        system=roles_system(),
+        context=repository_context(repo),
+        messages=[{"role": "user", "content": user}],
+        tools=role_tools(),
+        tool_choice={"type": "tool", "name": tool},
+        max_tokens=max_tokens,
     )
 
 
-def review_request(input: ReviewInput, diff: str, diff_stat: str) -> ModelRequest:
+def planner_request(input: PlanInput, repo: RepoSnapshot) -> ModelRequest:
+    """The planner's request: the repository, the tests failing on its base, the spec."""
+    user = render(
+        "planner_user.j2",
+        spec=input.spec,
+        attempt=input.attempt,
+        problem=input.problem,
+        base_failures=input.base_failures,
+        base_failed=input.base_failed,
+    )
+    return _role_request(input.config.model, repo, user, SUBMIT_PLAN_TOOL, input.config.max_tokens)
+
+
+def review_request(input: ReviewInput, diff: str, diff_stat: str, repo: RepoSnapshot) -> ModelRequest:
     """A fresh-context review: the spec, the task, the diff and the gate results — never the generator's
-    transcript, so the reviewer cannot be talked into agreeing with the generator's reasoning."""
+    transcript, so the reviewer cannot be talked into agreeing with the generator's reasoning. `repo` is the
+    task's base, as the acceptance-test writer saw it."""
     truncated = len(diff) > MAX_DIFF_CHARS
     user = render(
         "reviewer_user.j2",
@@ -105,36 +122,19 @@ def review_request(input: ReviewInput, diff: str, diff_stat: str) -> ModelReques
         diff_truncated=truncated,
         diff_stat=diff_stat,
     )
-    return ModelRequest(
-        model=input.model,
-        system=render("reviewer_system.j2"),
-        messages=[{"role": "user", "content": user}],
-        tools=[_schema_tool(SUBMIT_REVIEW_TOOL, "Submit the review verdict and findings.", ReviewVerdict)],
-        tool_choice={"type": "tool", "name": SUBMIT_REVIEW_TOOL},
-        max_tokens=input.config.max_tokens,
-    )
+    return _role_request(input.model, repo, user, SUBMIT_REVIEW_TOOL, input.config.max_tokens)
 
 
-def acceptance_request(input: AcceptanceInput, files: list[str]) -> ModelRequest:
-    listed, truncated = _listing(files)
+def acceptance_request(input: AcceptanceInput, repo: RepoSnapshot) -> ModelRequest:
     user = render(
         "acceptance_user.j2",
         task=input.task,
         spec=input.spec,
-        files=listed,
-        truncated=truncated,
         attempt=input.attempt,
         max_attempts=input.max_attempts,
         problem=input.problem,
     )
-    return ModelRequest(
-        model=input.config.model,
-        system=render("acceptance_system.j2"),
-        messages=[{"role": "user", "content": user}],
-        tools=[_schema_tool(SUBMIT_TESTS_TOOL, "Submit the acceptance test files.", AcceptanceTests)],
-        tool_choice={"type": "tool", "name": SUBMIT_TESTS_TOOL},
-        max_tokens=input.config.max_tokens,
-    )
+    return _role_request(input.config.model, repo, user, SUBMIT_TESTS_TOOL, input.config.max_tokens)
 
 
 def _schema_tool(name: str, description: str, model: type[BaseModel]) -> dict[str, Any]:
@@ -145,8 +145,7 @@ def agent_system() -> str:
     return render("agent_system.j2")
 
 
-def agent_first_message(brief: AttemptBrief, files: list[str]) -> str:
-    listed, truncated = _listing(files)
+def agent_first_message(brief: AttemptBrief) -> str:
     return render(
         "agent_first.j2",
         task=brief.task,
@@ -155,8 +154,6 @@ def agent_first_message(brief: AttemptBrief, files: list[str]) -> str:
         spec=brief.spec,
         feedback=brief.feedback,
         acceptance_names=brief.acceptance_names,
-        files=listed,
-        truncated=truncated,
     )
 
 

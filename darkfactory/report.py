@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from darkfactory.contracts import BaselineSummary, GateResult, RunState, TaskSummary
-from darkfactory.llm import PRICES_USD_PER_MTOK, estimate_cost_usd
+from darkfactory.contracts import BaselineSummary, GateResult, RunState, TaskSummary, Usage
+from darkfactory.pricing import price_for
 from darkfactory.strict_sandbox import degraded_note
 
 TaskProgressFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -85,31 +85,28 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
         for line in _baseline_lines(state.baseline):
             console.print(line, highlight=False, markup=False)
     table = Table(show_lines=False)
-    for column in ("task", "state", "attempts", "last gates", "tokens", "reason"):
+    for column in ("task", "type", "state", "attempts", "last gates", "tokens", "cache read", "cost", "reason"):
         table.add_column(column)
     for task in state.tasks:
         reason = _waiting(task) if task.state == "escalated" else task.reason
         table.add_row(
-            task.id, task.state, str(task.attempts), _gates(task.gates), str(task.usage.total_tokens), reason[:120]
+            task.id,
+            task.type or "-",
+            task.state,
+            str(task.attempts),
+            _gates(task.gates),
+            str(task.usage.total_tokens),
+            share_text(task.usage.cache_read_share),
+            cost_text(state, task.usage),
+            reason[:120],
         )
     if state.tasks:
         console.print(table)
     for task in state.tasks:
         for note in task.notes:
             console.print(f"  {task.id}: {note}", highlight=False, markup=False)
-    usage = state.usage
-    if state.scripted:
-        cost_text = "no cost"
-    elif any(state.model.startswith(prefix) for prefix in PRICES_USD_PER_MTOK):
-        cost_text = f"est. ${estimate_cost_usd(state.model, usage):.4f}"
-    else:
-        cost_text = "cost unknown (no list price on file for this model)"
-    console.print(
-        f"Model {state.model if not state.scripted else 'scripted (recorded transcript, not Claude)'}: "
-        f"{usage.calls} call(s), {usage.input_tokens} input + {usage.output_tokens} output tokens, "
-        f"{usage.cache_read_input_tokens} cache-read, {cost_text}",
-        highlight=False,
-    )
+    for line in usage_lines(state):
+        console.print(line, highlight=False, markup=False)
     if state.final_gates:
         console.print(f"Integration gates: {_gates(state.final_gates)}", highlight=False)
         for result in state.final_gates:
@@ -124,3 +121,66 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
         console.print(f"Nothing shipped; work so far is on {state.integration_branch}", highlight=False)
     if run_url:
         console.print(f"Web UI: {run_url}", highlight=False)
+
+
+# -- tokens, cache and cost
+
+
+def share_text(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
+
+
+def cost_of(state: RunState, usage: Usage) -> float | None:
+    """What `usage` cost, as each call was priced when it was made. None: unknown, never $0 — a model with
+    no price, or a summary recorded before calls were priced (which model answered each call is not known
+    then: a review model may differ from the run's)."""
+    return 0.0 if state.scripted else usage.cost
+
+
+def cost_text(state: RunState, usage: Usage) -> str:
+    """`$0.0123`, `unknown`, or `no cost` for a scripted run (a recorded transcript, not a model)."""
+    if state.scripted:
+        return "no cost"
+    cost = cost_of(state, usage)
+    return "unknown" if cost is None else f"${cost:.4f}"
+
+
+def usage_lines(state: RunState) -> list[str]:
+    """The run's tokens, cache-read share and cost: in all, by purpose, by task type and per merged task."""
+    usage = state.usage
+    model = state.model if not state.scripted else "scripted (recorded transcript, not Claude)"
+    cost = cost_text(state, usage)
+    if cost == "unknown":
+        why = (
+            f"no price on file for {state.model}"
+            if price_for(state.model) is None
+            else "a call was not priced: its model has no price on file, or an older worker made it"
+        )
+        cost = f"cost unknown ({why}; DARKFACTORY_PRICES_FILE can add prices)"
+    elif not state.scripted:
+        cost = f"est. {cost}"
+    lines = [
+        f"Model {model}: {usage.calls} call(s), {usage.input_tokens} input + {usage.output_tokens} output tokens, "
+        f"{usage.cache_creation_input_tokens} cache-write, {usage.cache_read_input_tokens} cache-read "
+        f"(cache-read share {share_text(usage.cache_read_share)}), {cost}"
+    ]
+    if usage.by_purpose:
+        parts = [
+            f"{purpose} {cost_text(state, part)} ({part.calls} call(s), cache-read {share_text(part.cache_read_share)})"
+            for purpose, part in sorted(usage.by_purpose.items())
+        ]
+        lines.append("Cost by purpose: " + " · ".join(parts))
+    by_type = state.usage_by_task_type()
+    if by_type:
+        counts = {kind: sum(1 for task in state.tasks if task.type == kind) for kind in by_type}
+        parts = [f"{kind} {cost_text(state, part)} ({counts[kind]} task(s))" for kind, part in sorted(by_type.items())]
+        lines.append("Cost by task type: " + " · ".join(parts))
+    if state.tasks:
+        merged = state.merged_tasks
+        if state.scripted:
+            per_merged = "no cost"
+        else:
+            run_cost = cost_of(state, usage)
+            per_merged = "-" if not merged else "unknown" if run_cost is None else f"${run_cost / merged:.4f}"
+        lines.append(f"Cost per merged task: {per_merged} ({merged} of {len(state.tasks)} task(s) merged)")
+    return lines

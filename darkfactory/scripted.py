@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -243,28 +244,40 @@ class ScriptedClient:
         return self.transcript.response_for(context, request.model, request=request)
 
 
-def _first_text(content: Any) -> str:
+def _texts(content: Any) -> list[str]:
+    """The text blocks of a message's content, in order (a string is one)."""
     if isinstance(content, str):
-        return content
+        return [content]
     if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
-                return cast(str, block["text"])
-    return ""
+        return [
+            cast(str, block["text"])
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+        ]
+    return []
+
+
+def _search(pattern: re.Pattern[str], content: Any) -> re.Match[str] | None:
+    # The first block may be the shared repository context (which quotes the repository); the line is in the
+    # block the role wrote after it, so the search runs from the last block back.
+    return next((m for m in (pattern.search(text) for text in reversed(_texts(content))) if m is not None), None)
 
 
 def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallContext:
     """The `CallContext` of a raw Messages API request body, so an HTTP fake can replay a transcript.
 
-    A `submit_plan` tool marks the planner; `submit_review` a review; `submit_tests` the writer of held-out
-    acceptance tests. Otherwise it is an agent
-    turn: task and attempt come from the `Task id: <id> · attempt <n> of <m>` line that starts the first
-    user message, and the turn is one more than the assistant messages so far.
+    The tool the request forces (`tool_choice`) names the role: `submit_plan` the planner, `submit_review` a
+    review, `submit_tests` the writer of held-out acceptance tests. Those roles share one tool list, so only
+    when nothing is forced does an offered tool decide. Otherwise it is an agent turn: task and attempt come
+    from the `Task id: <id> · attempt <n> of <m>` line of the first user message, and the turn is one more
+    than the assistant messages so far.
     """
     tools = body.get("tools") or []
-    tool_names = {tool.get("name") for tool in tools if isinstance(tool, dict)}
+    choice = body.get("tool_choice")
+    forced = choice.get("name") if isinstance(choice, Mapping) and choice.get("type") == "tool" else None
+    tool_names = {forced} if forced else {tool.get("name") for tool in tools if isinstance(tool, dict)}
     if PLAN_TOOL_NAME in tool_names:
-        planning = PLAN_ATTEMPT_LINE.search(_first_text((body.get("messages") or [{}])[0].get("content")))
+        planning = _search(PLAN_ATTEMPT_LINE, (body.get("messages") or [{}])[0].get("content"))
         return CallContext(purpose="plan", run_id=run_id, attempt=int(planning.group(1)) if planning else 0)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -272,7 +285,7 @@ def context_from_request(body: Mapping[str, Any], run_id: str = "http") -> CallC
     first_user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
     if first_user is None:
         raise ValueError("cannot derive the call context: the request has no user message")
-    match = TASK_LINE.search(_first_text(first_user.get("content")))
+    match = _search(TASK_LINE, first_user.get("content"))
     if match is None:
         raise ValueError(
             "cannot derive the call context: the first user message has no line like "

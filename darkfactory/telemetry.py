@@ -1,4 +1,9 @@
-"""structlog JSON lines and OpenTelemetry tracing setup. Called by entry points, never at import time."""
+"""structlog JSON lines and OpenTelemetry tracing setup. Called by entry points, never at import time.
+
+Traces use the Temporal SDK's replay-safe tracer provider and its `OpenTelemetryPlugin` (worker.py), so
+workflow spans last as long as the workflow did, and a workflow replayed on another worker keeps its span ids.
+Log lines written inside a span carry its `trace_id` and `span_id`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    pass
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None, path: Path | None = None) -> None:
@@ -27,6 +36,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None, path: P
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
     ]
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -61,45 +71,14 @@ def tracing_requested() -> bool:
     )
 
 
-def configure_tracing(service_name: str) -> bool:
-    """Install a TracerProvider exporting as OTEL_* asks; return False (and do nothing) when nothing asks.
+def add_trace_ids(logger: object, method_name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """A structlog processor: the current span's trace and span ids (hex, as tracing UIs show them), if any.
 
-    `OTEL_TRACES_EXPORTER=console` prints spans; `otlp` (or an OTLP endpoint) needs the optional
-    `opentelemetry-exporter-otlp-proto-http` package.
+    It runs where the line is logged (structlog's chain, or the stdlib handler's pre-chain in the same thread),
+    so the span is the one the code was in.
     """
-    if not tracing_requested():
-        return False
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
-    exporter: SpanExporter
-    if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
-    else:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            structlog.get_logger(__name__).warning(
-                "otlp_exporter_missing", hint="pip install opentelemetry-exporter-otlp-proto-http"
-            )
-            return False
-        exporter = OTLPSpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return True
-
-
-def shutdown_tracing() -> None:
-    """Flush and stop the tracer provider; spans still batched in memory are exported now.
-
-    Entry points leave through `os._exit` (see worker.exit_cleanly), which skips atexit hooks.
-    """
-    from opentelemetry import trace
-
-    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict

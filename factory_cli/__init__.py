@@ -4,6 +4,9 @@
 | --- | --- |
 | `runs.py` | `run`, `status`, `cancel` |
 | `people.py` | `queue`, `approve`, `reject`, `retry` |
+| `audit.py` | `audit` (a run's hash-chained trail, `--verify`) |
+| `watch.py` | `status --watch` (the run redrawn in place; no command of its own) |
+| `report.py` | `report` (a run's DAG, attempts, gates, timeline, tokens and cost; `--html`, `--json`) |
 | `listing.py` | `runs` (every run, found by trigger, repository and status) |
 | `schedules.py` | `schedule create|list|describe|pause|unpause|trigger|backfill|delete` |
 | `backlog.py` | `backlog add|list|remove` |

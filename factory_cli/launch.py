@@ -24,6 +24,13 @@ def run_search_attributes(request: RunRequest) -> TypedSearchAttributes:
     )
 
 
+def run_summary(request: RunRequest) -> str:
+    """The run's static summary in the web UI: the trigger, the repository and what the spec asks."""
+    first_line = next((line.strip("# ").strip() for line in request.spec.splitlines() if line.strip()), "")
+    asks = first_line or f"the spec in {request.spec_path}"
+    return f"{request.config.trigger} · {request.repo_path} · {asks}"[:200]
+
+
 async def start_factory_run(client: Client, request: RunRequest, task_queue: str = TASK_QUEUE) -> bool:
     """Start the run; False when a run with its id exists already (running or ended), which is left alone.
 
@@ -38,6 +45,7 @@ async def start_factory_run(client: Client, request: RunRequest, task_queue: str
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=run_search_attributes(request),
+            static_summary=run_summary(request),
         )
     except WorkflowAlreadyStartedError:
         return False

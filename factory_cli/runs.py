@@ -30,6 +30,7 @@ from factory_cli.session import (
     seconds,
     serve_locally,
 )
+from factory_cli.watch import watch_run
 from workflows import FactoryRunWorkflow
 
 app = typer.Typer()
@@ -161,7 +162,7 @@ async def run_and_watch(request: RunRequest, as_json: bool) -> RunState:
                 markup=False,
             )
         if url := session.run_url(request.run_id):
-            console.print(f"Web UI: {url}", highlight=False)
+            console.print(f"Web UI: {url}", highlight=False, soft_wrap=True)  # a link must not wrap
         summary = await watch(session, handle, console)
     if as_json:
         print(summary.model_dump_json(indent=2))
@@ -174,8 +175,14 @@ async def run_and_watch(request: RunRequest, as_json: bool) -> RunState:
 def status(
     run_id: str = typer.Argument(..., help="The run id (with or without the run- prefix)."),
     as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+    live: bool = typer.Option(False, "--watch", help="Redraw the run in place until it ends (tasks, turn, cost)."),
 ) -> None:
     """Show a run's live state, or its summary once it has ended."""
+    if live:
+        if as_json:
+            fail("--watch redraws for people; use --json without it for the state as JSON")
+        ended = asyncio.run(_watch(run_id))
+        raise typer.Exit(0 if ended is not None and ended.succeeded else 1)
     state = asyncio.run(fetch_status(run_id))
     if state is None:
         fail(f"run {run_id} has no state yet, or no worker is running to answer; start `factory-worker`")
@@ -183,6 +190,16 @@ def status(
         print(state.model_dump_json(indent=2))
     else:
         print_summary(Console(), state, None)
+
+
+async def _watch(run_id: str) -> RunState | None:
+    session = await open_session()
+    workflow_id = await find_run(session.client, run_id)
+    if workflow_id is None:
+        fail(f"no run with id {run_id} in namespace {session.client.namespace}; `factory runs` lists them")
+    return await watch_run(
+        session, session.client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id), Console()
+    )
 
 
 async def fetch_status(run_id: str) -> RunState | None:

@@ -41,7 +41,7 @@ from darkfactory.constants import TASK_QUEUE, run_workflow_id
 from darkfactory.contracts import RunRequest
 from darkfactory.triggers.ids import SCHEDULE_ID_PREFIX, SCHEDULE_NAME, run_id_of_workflow, schedule_id
 from factory_cli.inputs import build_request
-from factory_cli.launch import run_search_attributes
+from factory_cli.launch import run_search_attributes, run_summary
 from factory_cli.session import UsageError, fail, open_session
 from workflows import FactoryRunWorkflow
 
@@ -115,6 +115,7 @@ def build_schedule(
             id=run_workflow_id(name),
             task_queue=task_queue,
             typed_search_attributes=run_search_attributes(request),
+            static_summary=run_summary(request),
             memo={"schedule": name, "cron": cron, "time_zone": tz or "UTC"},
         ),
         spec=ScheduleSpec(cron_expressions=cron, time_zone_name=tz, jitter=jitter),

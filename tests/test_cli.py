@@ -182,7 +182,8 @@ def test_run_json_over_the_anthropic_sdk_merges_and_feeds_gate_failures_back(
     # The retry's first request carries the failing test id from the tests gate, marked as data.
     retry = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:2:1")
     first_message = retry.body["messages"][0]["content"]
-    first_text = first_message if isinstance(first_message, str) else json.dumps(first_message)
+    # A list of blocks since the repository overview leads the first message; the feedback is in the text.
+    first_text = first_message if isinstance(first_message, str) else "\n".join(b["text"] for b in first_message)
     assert 'source="gate feedback"' in first_text and "test_slugify_drops_punctuation_and_outer_spaces" in first_text
     first_attempt = next(r for r in requests if context_from_request(r.body).key == "agent:add-slugify:1:1")
     assert "gate feedback" not in json.dumps(first_attempt.body["messages"][0]["content"])

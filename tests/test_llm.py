@@ -110,7 +110,7 @@ async def test_tool_use_loop_returns_tool_calls_then_end_turn() -> None:
     assert second.tool_calls == []
 
 
-async def test_request_caches_the_system_prompt_and_the_last_tool_only() -> None:
+async def test_a_one_shot_request_caches_its_instructions_not_its_message() -> None:
     request = _request()
     with FakeMessagesServer(_tool_loop_responder) as server:
         client = AnthropicClient(api_key=API_KEY, base_url=server.base_url)
@@ -118,10 +118,15 @@ async def test_request_caches_the_system_prompt_and_the_last_tool_only() -> None
         await client.aclose()
         sent = server.requests[0].body
 
+    # The system prompt comes after the tools, so its breakpoint covers both; a one-shot call's message is
+    # read by no later request, so writing it to the cache would only cost more.
     assert sent["system"] == [
         {"type": "text", "text": "You are a careful engineer.", "cache_control": {"type": "ephemeral"}}
     ]
-    assert [tool.get("cache_control") for tool in sent["tools"]] == [None, {"type": "ephemeral"}]
+    assert [tool.get("cache_control") for tool in sent["tools"]] == [None, None]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Task id: t1 · attempt 1 of 3\n\nAdd slugify."}]}
+    ]
     assert sent["model"] == MODEL
     assert sent["max_tokens"] == 1024
     assert "cache_control" not in request.tools[-1], "the caller's request must not be mutated"
@@ -352,7 +357,7 @@ async def test_scripted_client_plays_plan_and_agent_turns(transcript_path: Path)
         assert response.usage.calls == 1
         assert response.usage.input_tokens > 0
         assert response.usage.output_tokens > 0
-    assert estimate_cost_usd(turn1.model, turn1.usage) == 0.0
+    assert estimate_cost_usd(turn1.model, turn1.usage) == 0.0  # a scripted call costs nothing
 
 
 async def test_scripted_ids_are_deterministic_across_instances(transcript_path: Path) -> None:
@@ -499,4 +504,4 @@ def test_cost_uses_the_models_list_price() -> None:
     assert estimate_cost_usd("claude-sonnet-4-5", usage) == pytest.approx(3 + 15 + 3.75 + 0.30)
     assert estimate_cost_usd("claude-opus-4-1", usage) == pytest.approx(15 + 75 + 18.75 + 1.50)
     assert estimate_cost_usd("claude-haiku-4-5", usage) == pytest.approx(1 + 5 + 1.25 + 0.10)
-    assert estimate_cost_usd("some-other-model", usage) == 0.0
+    assert estimate_cost_usd("some-other-model", usage) is None, "unknown, never $0"

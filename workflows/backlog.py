@@ -177,6 +177,7 @@ class BacklogWorkflow:
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=_search_attributes(request),
+                static_summary=f"backlog · {request.repo_path} · item {entry.item.item_id}: {entry.item.title}"[:200],
             )
         except WorkflowAlreadyStartedError:
             self._finish(entry, "skipped", f"a run with id {request.run_id} exists already")

@@ -12,11 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from darkfactory.contracts import Decision, DecisionAction, DecisionInput, EscalationState
+    from activities.audit import AuditActivities
+    from darkfactory.contracts import AuditDecisionInput, Decision, DecisionAction, DecisionInput, EscalationState
     from darkfactory.policy import Escalation
 
 from workflows.search_attributes import NEEDS_REVIEW, STATUS
@@ -82,6 +83,7 @@ class DecisionDesk:
         if decision is None:  # wait_condition returned, so an answer is there
             raise ApplicationError("escalation ended without a decision", non_retryable=True)
         self.decisions.append(decision)
+        await _audit(decision, memo)
         self.waiting = None
         updates: list[SearchAttributeUpdate[Any]] = [NEEDS_REVIEW.value_set(False)]
         if status_after is not None:
@@ -91,3 +93,21 @@ class DecisionDesk:
         if notify is not None:
             await notify(None)
         return decision
+
+
+async def _audit(decision: Decision, memo: dict[str, Any]) -> None:
+    """Write the decision to the run's audit trail (an activity: workflows do no I/O). A trail that cannot be
+    written is logged, not fatal: the decision itself is in the workflow's history either way."""
+    run_id = str(memo.get("run_id") or "")
+    if not run_id or not workflow.patched("audit-decisions"):
+        return
+    try:
+        await workflow.execute_activity_method(
+            AuditActivities.record_decision,
+            AuditDecisionInput(run_id=run_id, task_id=str(memo.get("task_id") or ""), decision=decision),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+            summary=f"audit · {decision.action} by {decision.by}",
+        )
+    except ActivityError as exc:
+        workflow.logger.error("could not write the decision to the audit trail: %s", exc)

@@ -23,6 +23,7 @@ from workflows.search_attributes import REPO, STATUS
 from workflows.shipping import Shipping
 
 with workflow.unsafe.imports_passed_through():
+    from activities import metrics
     from activities.errors import INVALID_PLAN
     from activities.gates import GateActivities
     from activities.model import ModelActivities
@@ -150,9 +151,10 @@ class FactoryRunWorkflow:
         self._book.set_phase("planning")
         planned = await self._plan(request, prepared)
         plan = planned.plan
+        self._book.task_types = {task.id: task.type for task in plan.tasks}
         self._book.update(
             plan_summary=plan.summary,
-            tasks=[TaskSummary(id=task.id, title=task.title, state="pending") for task in plan.tasks],
+            tasks=[TaskSummary(id=task.id, title=task.title, type=task.type, state="pending") for task in plan.tasks],
             usage=self._book.current.usage + planned.usage,
         )
 
@@ -183,6 +185,7 @@ class FactoryRunWorkflow:
         )
         self._book.update(final_gates=report.results)
         if not report.passed:
+            metrics.record_gate_failures(workflow.metric_meter(), report.results, "integration")
             raise RunFailed("the integration branch failed its gates after merging: " + failing_gates(report))
 
         await self._shipping.ship(request, prepared, head)
@@ -235,6 +238,7 @@ class FactoryRunWorkflow:
                         base_failed=prepared.baseline.failed if prepared.baseline else 0,
                     ),
                     start_to_close_timeout=timedelta(seconds=config.timeouts.model_call_s),
+                    summary=f"plan · attempt {attempt}",
                     heartbeat_timeout=timedelta(seconds=config.timeouts.heartbeat_s),
                     retry_policy=MODEL_RETRY,
                     task_queue=queue_for(ModelActivities.plan_run),
@@ -307,6 +311,7 @@ class FactoryRunWorkflow:
                         baseline=prepared.baseline,
                     ),
                     id=task_workflow_id(request.run_id, task.id),
+                    static_summary=f"task {task.id}: {task.title}",
                     search_attributes=TypedSearchAttributes(
                         [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "running")]
                     ),
@@ -353,6 +358,7 @@ class FactoryRunWorkflow:
                 WorkspaceActivities.release_workspaces,
                 PrepareRunInput(run_id=request.run_id, repo_path=request.repo_path, base_branch=request.base_branch),
                 start_to_close_timeout=timedelta(seconds=request.config.timeouts.git_s),
+                summary="release workspaces",
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
         except ActivityError:

@@ -92,6 +92,7 @@ async def _write(input: TaskInput, attempt: int, problem: str) -> AcceptanceSuit
                 problem=problem,
             ),
             start_to_close_timeout=timedelta(seconds=input.config.timeouts.model_call_s),
+            summary=f"write acceptance tests · {input.task.id} · attempt {attempt}",
             heartbeat_timeout=timedelta(seconds=input.config.timeouts.heartbeat_s),
             retry_policy=MODEL_RETRY,
             task_queue=queue_of("model"),

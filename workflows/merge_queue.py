@@ -16,6 +16,7 @@ from temporalio import workflow
 from workflows.steps import ActivityRunner
 
 with workflow.unsafe.imports_passed_through():
+    from activities import metrics
     from activities.gates import GateActivities
     from activities.workspace import WorkspaceActivities
     from darkfactory.contracts import (
@@ -36,6 +37,7 @@ class MergeQueue:
     def __init__(self, run_activity: ActivityRunner) -> None:
         self._run_activity = run_activity
         self._lock = asyncio.Lock()
+        self._depth = 0
         self.head = ""
 
     async def merge(
@@ -52,15 +54,23 @@ class MergeQueue:
         Started merges always finish: cancelling the run waits for the merge in flight, and a merge that
         landed is reported through `on_merged_while_cancelled` before the cancellation goes on.
         """
-        async with self._lock:
-            job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
-            try:
-                return await asyncio.shield(job)
-            except asyncio.CancelledError:
-                problem = await job
-                if not problem:
-                    on_merged_while_cancelled()
-                raise
+        self._set_depth(request.run_id, +1)
+        try:
+            async with self._lock:
+                job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
+                try:
+                    return await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    problem = await job
+                    if not problem:
+                        on_merged_while_cancelled()
+                    raise
+        finally:
+            self._set_depth(request.run_id, -1)
+
+    def _set_depth(self, run_id: str, change: int) -> None:
+        self._depth += change
+        metrics.set_merge_queue_depth(workflow.metric_meter(), run_id, self._depth)
 
     async def _merge_locked(
         self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str
@@ -112,6 +122,7 @@ class MergeQueue:
         if report.passed:
             self.head = merged.integration_sha
             return ""
+        metrics.record_gate_failures(workflow.metric_meter(), report.results, "regression")
         await self._run_activity(
             WorkspaceActivities.restore_branch,
             RestoreBranchInput(

@@ -48,6 +48,22 @@ ActivityRunner = Callable[..., Awaitable[Any]]
 """A workflow's way of running an activity (its timeouts, queues and failure handling)."""
 
 
+def activity_summary(method: Any, arg: Any) -> str:
+    """What the web UI's timeline shows for the activity (Temporal user metadata), e.g.
+    `agent turn 3 · add-slugify · attempt 2`: the activity's name, then whichever of turn, task and attempt
+    its input carries."""
+    name = getattr(method, "__name__", str(method)).replace("_", " ")
+    turn = getattr(arg, "turn", None)
+    parts = [f"{name} {turn}" if turn is not None else name]
+    task = getattr(arg, "task_id", None) or getattr(getattr(arg, "task", None), "id", None)
+    if task:
+        parts.append(str(task))
+    attempt = getattr(arg, "attempt", None)
+    if attempt is not None:
+        parts.append(f"attempt {attempt}")
+    return " · ".join(parts)
+
+
 def queue_of(resource_class: str) -> str:
     return queue_name(workflow.info().task_queue, resource_class)
 
@@ -75,6 +91,7 @@ async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retr
             heartbeat_timeout=timedelta(seconds=heartbeat_s),
             retry_policy=retry,
             task_queue=queue_for(method),
+            summary=activity_summary(method, arg),
         )
     except ActivityError as exc:
         raise Ended("failed", cause_of(exc)) from exc
@@ -92,6 +109,7 @@ async def run_step(
             heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
             retry_policy=retry,
             task_queue=queue_for(method),
+            summary=activity_summary(method, arg),
         )
     except ActivityError as exc:
         raise RunFailed(cause_of(exc)) from exc

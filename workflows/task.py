@@ -22,6 +22,7 @@ from workflows.search_attributes import NEEDS_REVIEW, STATUS
 from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
 
 with workflow.unsafe.imports_passed_through():
+    from activities import metrics
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
@@ -111,6 +112,7 @@ class TaskWorkflow:
                     reset=input.reset_branch,
                 ),
                 start_to_close_timeout=timedelta(seconds=input.config.timeouts.git_s),
+                summary=f"open workspace · {input.task.id}",
                 retry_policy=STEP_RETRY,
             )
             self._sha = ws.sha
@@ -151,6 +153,7 @@ class TaskWorkflow:
             self._attempt += 1
             record = await self._attempt_once(input, ws, suite, feedback)
             attempts.append(record)
+            metrics.record_attempt(workflow.metric_meter(), input.task.type, record.gates)
             failed = next((r for r in record.gates if not r.passed), None)
             approvals = [f"{r.gate}: {r.needs_approval}" for r in record.gates if r.needs_approval]
             if failed is None and not approvals:
@@ -188,6 +191,7 @@ class TaskWorkflow:
     async def _escalate(self, input: TaskInput, reason: str, deadline_veto: str) -> Decision:
         """Wait, durably, for a person (or the policy's deadline) to decide."""
         self._phase = "escalated"
+        metrics.record_escalation(workflow.metric_meter(), input.task.type)
         memo = {"run_id": input.run_id, "task_id": input.task.id, "title": input.task.title}
 
         async def tell_the_run(escalation: EscalationState | None) -> None:

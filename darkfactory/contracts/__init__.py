@@ -89,6 +89,7 @@ from darkfactory.contracts.messages import (
     Usage,
 )
 from darkfactory.contracts.people import (
+    AuditDecisionInput,
     Decision,
     DecisionAction,
     DecisionInput,
@@ -137,6 +138,7 @@ __all__ = [
     "AgentTurnResult",
     "AttemptBrief",
     "AttemptRecord",
+    "AuditDecisionInput",
     "BacklogAdd",
     "BacklogEntry",
     "BacklogInput",

@@ -8,32 +8,65 @@ from pydantic import Field
 
 from darkfactory.contracts.base import Frozen
 
+CallPurpose = Literal["plan", "agent", "review", "acceptance"]
+
 
 class Usage(Frozen):
-    """Token usage of one or more model calls, including prompt-cache tokens."""
+    """Token usage of one or more model calls, including prompt-cache tokens, and their list-price cost.
+
+    Usage only ever adds up (`+`), so the workflows' sums carry the cost and the split by purpose along
+    without knowing about either: the model activity prices each call where it is made.
+    """
 
     input_tokens: int = 0
+    """Input tokens neither read from nor written to the prompt cache (the API's `input_tokens`)."""
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     calls: int = 0
     """How many model calls this usage covers."""
+    cost_usd: float = 0.0
+    """List-price cost of the `priced_calls` among `calls`, in USD."""
+    priced_calls: int = 0
+    """Calls whose cost is in `cost_usd` (a scripted call is priced at $0). A call to a model with no price on
+    file is not, and makes `cost` unknown; so does usage recorded before calls were priced."""
+    by_purpose: dict[CallPurpose, Usage] = Field(default_factory=dict)
+    """The same usage split by what the calls were for; each part has no split of its own."""
 
     def __add__(self, other: Usage) -> Usage:
+        parts = dict(self.by_purpose)
+        for purpose, part in other.by_purpose.items():
+            parts[purpose] = parts[purpose] + part if purpose in parts else part
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cache_creation_input_tokens=self.cache_creation_input_tokens + other.cache_creation_input_tokens,
             cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
             calls=self.calls + other.calls,
+            cost_usd=self.cost_usd + other.cost_usd,
+            priced_calls=self.priced_calls + other.priced_calls,
+            by_purpose=parts,
         )
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
+    @property
+    def all_input_tokens(self) -> int:
+        """Every input token: uncached, written to the cache and read from it."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
-CallPurpose = Literal["plan", "agent", "review", "acceptance"]
+    @property
+    def cache_read_share(self) -> float | None:
+        """Cache-read input tokens over all input tokens; None when there was no input."""
+        total = self.all_input_tokens
+        return self.cache_read_input_tokens / total if total else None
+
+    @property
+    def cost(self) -> float | None:
+        """USD at list prices; None (unknown, never $0) when any call could not be priced."""
+        return self.cost_usd if self.priced_calls >= self.calls else None
 
 
 class CallContext(Frozen):
@@ -53,7 +86,11 @@ class CallContext(Frozen):
 
 
 class ModelRequest(Frozen):
-    """One Messages API request. `messages` and `tools` are Messages API JSON, passed through as-is."""
+    """One Messages API request. `messages` and `tools` are Messages API JSON, passed through as-is.
+
+    The prompt is laid out for the prompt cache, most stable first: tools, `system`, `context`, then the
+    conversation. The adapter places the cache breakpoints; callers never write `cache_control`.
+    """
 
     model: str
     system: str
@@ -61,6 +98,14 @@ class ModelRequest(Frozen):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     tool_choice: dict[str, Any] | None = None
     max_tokens: int = 8192
+    context: str = ""
+    """Reference text shared by many calls (the repository at a commit), sent as the first block of the first
+    user message: after the instructions, before anything that differs between calls. Kept out of `system`
+    because it quotes the repository, which is data, not instructions."""
+    cache_conversation: bool = False
+    """True when the conversation goes on (agent turns): the request's end is written to the cache so the
+    next turn reads all of it. A one-shot call (plan, review, tests) caches only its shared prefix: writing the
+    rest costs more than sending it and nobody reads it again."""
 
 
 class ModelResponse(Frozen):

@@ -82,3 +82,11 @@ class ReviewResult(Frozen):
     usage: Usage
     transcript_ref: BlobRef
     scripted: bool = False
+
+
+class AuditDecisionInput(Frozen):
+    """A decision to write to the run's audit trail (the workflow decides; an activity writes)."""
+
+    run_id: str
+    task_id: str = ""
+    decision: Decision

@@ -64,5 +64,35 @@ class RunState(Frozen):
     def succeeded(self) -> bool:
         return self.phase == "shipped" and all(task.state == "merged" for task in self.tasks)
 
+    # Derived, not stored: the workflow keeps only usage, and usage carries the cost and its split.
+
+    @property
+    def cache_read_share(self) -> float | None:
+        """Input tokens read from the prompt cache over all input tokens of the run; None before any call."""
+        return self.usage.cache_read_share
+
+    @property
+    def merged_tasks(self) -> int:
+        return sum(1 for task in self.tasks if task.state == "merged")
+
+    @property
+    def cost_per_merged_task(self) -> float | None:
+        """The run's whole cost (planning, failed attempts, reviews included) over the tasks it merged; None
+        when the cost is unknown or nothing merged."""
+        cost = self.usage.cost
+        return cost / self.merged_tasks if cost is not None and self.merged_tasks else None
+
+    def cost_by_purpose(self) -> dict[str, float | None]:
+        """Cost per call purpose (plan, agent, review, acceptance); None where unknown."""
+        return {purpose: part.cost for purpose, part in self.usage.by_purpose.items()}
+
+    def usage_by_task_type(self) -> dict[str, Usage]:
+        """Usage of the tasks per task type (planning is no task's); empty when the types are not known."""
+        by_type: dict[str, Usage] = {}
+        for task in self.tasks:
+            if task.type is not None:
+                by_type[task.type] = by_type.get(task.type, Usage()) + task.usage
+        return by_type
+
 
 RunSummary = RunState

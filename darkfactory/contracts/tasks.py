@@ -13,7 +13,7 @@ from darkfactory.contracts.gates import BaselineSummary, GateResult
 from darkfactory.contracts.messages import Usage
 from darkfactory.contracts.people import Decision, EscalationState
 from darkfactory.contracts.plans import PlannedTask
-from darkfactory.policy import Policy
+from darkfactory.policy import Policy, TaskType
 
 TaskOutcome = Literal["passed", "failed", "rejected", "cancelled"]
 
@@ -82,6 +82,8 @@ class TaskSummary(Frozen):
     id: str
     title: str
     state: TaskState
+    type: TaskType | None = None
+    """The planned task's type, for costs by type; None in summaries recorded before it was kept."""
     reason: str = ""
     attempts: int = 0
     gates: list[GateResult] = Field(default_factory=list)

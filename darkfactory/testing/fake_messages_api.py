@@ -1,11 +1,16 @@
 """A local HTTP server speaking the Anthropic Messages API, so tests run the real SDK end to end.
 
 Tests hand it a responder (request body -> `FakeReply`) and read back what arrived: bodies, headers and
-times. `hold_when` parks a matching request until released, which is how kill and timeout tests catch a
-call in flight. `ScriptResponder` answers from a scripted transcript, so a worker pointed at
+times. It keeps a prompt cache as the API does (`prompt_cache.py`): a reply's input usage — uncached tokens,
+cache writes and cache reads — is measured from the request against that cache unless the responder pins
+it, and a request with more than four cache breakpoints is refused with the API's 400.
+
+`hold_when` parks a matching request until released, which is how kill and timeout tests catch a call in
+flight. `ScriptResponder` answers from a scripted transcript, so a worker pointed at
 `ANTHROPIC_BASE_URL` plays the same script as `ScriptedClient` — but through the real adapter.
 
 Run it by hand:  python -m darkfactory.testing.fake_messages_api --script FILE [--port N] [--delay-s X]
+                 [--min-cache-tokens N] [--cache-ttl-s S]
 """
 
 from __future__ import annotations
@@ -29,8 +34,17 @@ from darkfactory.contracts import Usage
 from darkfactory.llm import ModelCallError
 from darkfactory.scripted import ScriptedTranscript, context_from_request
 from darkfactory.testing.loopback import LoopbackServer
+from darkfactory.testing.prompt_cache import CacheRequestError, PromptCache
 
-__all__ = ["FakeMessagesServer", "FakeReply", "RecordedRequest", "Responder", "ScriptResponder", "main"]
+__all__ = [
+    "FakeMessagesServer",
+    "FakeReply",
+    "PromptCache",
+    "RecordedRequest",
+    "Responder",
+    "ScriptResponder",
+    "main",
+]
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -42,6 +56,8 @@ class FakeReply:
     status: int = 200
     body: dict[str, Any] | str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    measure_input: bool = False
+    """Fill the input side of the body's `usage` from the server's prompt cache before sending."""
 
     @classmethod
     def message(
@@ -50,12 +66,20 @@ class FakeReply:
         stop_reason: str | None = "end_turn",
         *,
         usage: Usage | None = None,
+        output_tokens: int | None = None,
         model: str = "claude-fake",
         id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> FakeReply:
-        """A valid Messages API response. `tool_use` blocks must carry their own `id`."""
-        usage = usage or Usage(input_tokens=1, output_tokens=1)
+        """A valid Messages API response. `tool_use` blocks must carry their own `id`.
+
+        Without `usage`, the server measures the input tokens against its prompt cache; output tokens are
+        `output_tokens`, else estimated from `content`.
+        """
+        measure = usage is None
+        if usage is None:
+            estimated = max(1, len(json.dumps(content, sort_keys=True, ensure_ascii=False)) // 4)
+            usage = Usage(output_tokens=estimated if output_tokens is None else output_tokens)
         body = {
             "id": id or f"msg_fake_{uuid.uuid4().hex[:20]}",
             "type": "message",
@@ -71,7 +95,7 @@ class FakeReply:
                 "cache_read_input_tokens": usage.cache_read_input_tokens,
             },
         }
-        return cls(status=200, body=body, headers=dict(headers or {}))
+        return cls(status=200, body=body, headers=dict(headers or {}), measure_input=measure)
 
     @classmethod
     def error(
@@ -128,10 +152,13 @@ class FakeMessagesServer(LoopbackServer):
         port: int = 0,
         delay_s: float = 0.0,
         log: Callable[[str], None] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         super().__init__(host=host, port=port)
         self.responder = responder
         self.delay_s = delay_s
+        self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
+        """Shared by every request to this server, as one organisation's cache is."""
         self._log = log
         self._requests: list[RecordedRequest] = []
         self._holds: list[_Hold] = []
@@ -202,6 +229,11 @@ class FakeMessagesServer(LoopbackServer):
             self._send(handler, FakeReply.error(404, "not_found_error", f"no route {handler.command} {path}"))
             return
         try:
+            self.prompt_cache.check(body)
+        except CacheRequestError as exc:
+            self._send(handler, FakeReply.error(400, "invalid_request_error", str(exc)))
+            return
+        try:
             self._wait_if_held(body)
             if self.delay_s > 0:
                 # Simulated model latency, cut short when the server stops.
@@ -210,6 +242,18 @@ class FakeMessagesServer(LoopbackServer):
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             reply = FakeReply.error(500, "api_error", f"fake server responder failed: {type(exc).__name__}")
+        if reply.status == 200 and isinstance(reply.body, dict) and reply.body.get("type") == "message":
+            # Only an answered request reads and writes the cache; a refused or failed one leaves it as it was.
+            outcome = self.prompt_cache.apply(body)
+            if reply.measure_input:
+                # A copy: a responder may hand the same reply to many requests.
+                usage = {
+                    **(reply.body.get("usage") or {}),
+                    "input_tokens": outcome.input_tokens,
+                    "cache_creation_input_tokens": outcome.cache_creation_input_tokens,
+                    "cache_read_input_tokens": outcome.cache_read_input_tokens,
+                }
+                reply = FakeReply(status=reply.status, body={**reply.body, "usage": usage}, headers=reply.headers)
         self._send(handler, reply)
         if self._log is not None:
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -264,7 +308,7 @@ class ScriptResponder:
         return FakeReply.message(
             response.content,
             response.stop_reason,
-            usage=response.usage,
+            output_tokens=response.usage.output_tokens,
             model=str(body.get("model") or "claude-fake"),
             id=response.id,
         )
@@ -278,11 +322,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--script", type=Path, required=True, help="scripted transcript JSON file")
     parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     parser.add_argument("--delay-s", type=float, default=0.0, help="answer each request after this delay")
+    parser.add_argument(
+        "--min-cache-tokens", type=int, default=1024, help="shortest cacheable prefix, in tokens (default: 1024)"
+    )
+    parser.add_argument("--cache-ttl-s", type=float, default=300.0, help="prompt-cache entry lifetime (default: 300)")
     args = parser.parse_args(argv)
     responder = ScriptResponder(args.script)
+    cache = PromptCache(min_tokens=args.min_cache_tokens, ttl_s=args.cache_ttl_s)
     with (
         FakeMessagesServer(
-            responder, port=args.port, delay_s=args.delay_s, log=lambda line: print(line, flush=True)
+            responder,
+            port=args.port,
+            delay_s=args.delay_s,
+            log=lambda line: print(line, flush=True),
+            prompt_cache=cache,
         ) as server,
         contextlib.suppress(KeyboardInterrupt),
     ):

@@ -28,6 +28,7 @@ import pytest
 from darkfactory.agent_tools import TEXT_EDITOR_TOOL, AgentTools
 from darkfactory.contracts import AttemptBrief, PlanInput, PlannedTask, ReviewInput, RunConfig, ToolCall
 from darkfactory.prompts import agent_first_message, agent_system, planner_request, review_request
+from darkfactory.repo_context import RepoSnapshot
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.testing import injections
 from darkfactory.testing.injections import INJECTION_CASES, WORKER_SECRET, InjectionCase
@@ -173,9 +174,8 @@ DIFF = "--- a/calc.py\n+++ b/calc.py\n@@ -2,0 +3,3 @@\n+\n+def sub(a, b):\n+    
 
 def prompts(spec: str) -> dict[str, tuple[str, str]]:
     """Per model role, (system prompt, every user message) of its first request, built from `spec`."""
-    plan = planner_request(
-        PlanInput(run_id="r1", repo_path="/repo", base_sha=BASE_SHA, spec=spec, config=CONFIG), FILES, "# calc\n"
-    )
+    repo = RepoSnapshot.of_paths(BASE_SHA, FILES, "# calc\n")
+    plan = planner_request(PlanInput(run_id="r1", repo_path="/repo", base_sha=BASE_SHA, spec=spec, config=CONFIG), repo)
     brief = AttemptBrief(spec=spec, task=TASK, attempt=1, max_attempts=3, repo_path="/repo", sha=SHA)
     review = review_request(
         ReviewInput(
@@ -193,12 +193,13 @@ def prompts(spec: str) -> dict[str, tuple[str, str]]:
         ),
         DIFF,
         "calc.py | 3 +++",
+        repo,
     )
-    found: dict[str, tuple[str, str]] = {"agent": (agent_system(), agent_first_message(brief, FILES))}
+    found: dict[str, tuple[str, str]] = {"agent": (agent_system(), agent_first_message(brief))}
     for role, request in (("planner", plan), ("reviewer", review)):
         contents = [message["content"] for message in request.messages]
         assert all(isinstance(content, str) for content in contents), contents
-        found[role] = (request.system, "\n".join(contents))
+        found[role] = (request.system, "\n".join([request.context, *contents]))
     return found
 
 
