@@ -80,6 +80,20 @@ def events_of(kind: str, arg: Any, result: Any) -> list[tuple[str, dict[str, Any
     return []
 
 
+def _event(kind: str, key: str, data: dict[str, Any]) -> audit.Event:
+    """An event of the running activity, with the ids that lead back to its place in the workflow history."""
+    info = activity.info()
+    return audit.Event(
+        kind=kind,
+        key=key,
+        data=data,
+        workflow_id=info.workflow_id or "",
+        workflow_run_id=info.workflow_run_id or "",
+        activity_id=info.activity_id,
+        attempt=info.attempt,
+    )
+
+
 class AuditInterceptor(Interceptor):
     """Appends each activity's events to its run's trail in `home`."""
 
@@ -105,18 +119,7 @@ class _AuditInbound(ActivityInboundInterceptor):
         try:
             found = events_of(info.activity_type, arg, result)
             stem = f"{info.workflow_id}/{info.activity_id}/{info.attempt}"
-            events = [
-                audit.Event(
-                    kind=kind,
-                    key=f"{stem}/{index}",
-                    data=data,
-                    workflow_id=info.workflow_id or "",
-                    workflow_run_id=info.workflow_run_id or "",
-                    activity_id=info.activity_id,
-                    attempt=info.attempt,
-                )
-                for index, (kind, data) in enumerate(found)
-            ]
+            events = [_event(kind, f"{stem}/{index}", data) for index, (kind, data) in enumerate(found)]
             audit.append(self.home, run_id, events)
         except Exception as exc:  # the work is done; a trail that cannot be written must not undo it
             log.error("audit_write_failed", run_id=run_id, activity=info.activity_type, error=str(exc))
@@ -134,13 +137,5 @@ class AuditActivities:
         decision = input.decision
         data = {"task_id": input.task_id, "action": decision.action, "by": decision.by, "note": decision.note}
         data |= {"reason": decision.reason, "decided_at": decision.at.isoformat()}
-        event = audit.Event(
-            kind="decision",
-            key=f"{info.workflow_id}/decision/{decision.at.isoformat()}",
-            data=data,
-            workflow_id=info.workflow_id or "",
-            workflow_run_id=info.workflow_run_id or "",
-            activity_id=info.activity_id,
-            attempt=info.attempt,
-        )
+        event = _event("decision", f"{info.workflow_id}/decision/{decision.at.isoformat()}", data)
         audit.append(self.home, input.run_id, [event])
