@@ -19,6 +19,8 @@ INVALID_PLAN = "InvalidPlan"
 INVALID_POLICY = "InvalidPolicy"
 SHIP_REFUSED = "ShipRefused"
 ENVIRONMENT_SETUP = "EnvironmentSetupFailed"
+OVER_BUDGET = "OverBudget"
+"""A model call refused before it was made: it could take a task or its run past the policy's `[budget]`."""
 
 
 def model_error(exc: ModelCallError) -> ApplicationError:

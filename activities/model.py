@@ -20,9 +20,10 @@ from temporalio import activity
 
 from activities import metrics
 from activities.context import heartbeating
-from activities.errors import INVALID_PLAN, business_error, model_error
+from activities.errors import INVALID_PLAN, OVER_BUDGET, business_error, model_error
 from darkfactory import prompts, workspace
 from darkfactory.blobs import BlobStore
+from darkfactory.budget import BudgetExceeded, check_call
 from darkfactory.contracts import (
     AcceptanceInput,
     AcceptanceSuite,
@@ -30,6 +31,7 @@ from darkfactory.contracts import (
     AgentTurnInput,
     AgentTurnResult,
     BlobRef,
+    BudgetCheck,
     CallContext,
     ModelRequest,
     ModelResponse,
@@ -61,9 +63,18 @@ class ModelActivities:
         # The operator's price file is read once, when the worker builds its activities.
         self._prices = prices if prices is not None else load_prices()
 
-    async def _call(self, request: ModelRequest, context: CallContext, heartbeat_s: float) -> ModelResponse:
-        client = self._client_for(request.model)
+    async def _call(
+        self, request: ModelRequest, context: CallContext, heartbeat_s: float, budget: BudgetCheck | None
+    ) -> ModelResponse:
         meter = activity.metric_meter()
+        try:
+            check_call(budget, request, context.purpose, self._prices)
+        except BudgetExceeded as exc:
+            # Refused before anything is sent: the workflow escalates the task with these figures.
+            log.warning("model_call_refused", purpose=context.purpose, reason=str(exc))
+            metrics.record_model_call_failed(meter, purpose=context.purpose, model=request.model, kind="over_budget")
+            raise business_error(OVER_BUDGET, str(exc)) from None
+        client = self._client_for(request.model)
         model = metrics.model_label(request.model)
         # A span of its own: the activity's span also covers reading and writing the transcript.
         with trace.get_tracer(__name__).start_as_current_span(
@@ -110,7 +121,7 @@ class ModelActivities:
     async def plan_run(self, input: PlanInput) -> PlanResult:
         request = prompts.planner_request(input, read_snapshot(input.repo_path, input.base_sha))
         context = CallContext(purpose="plan", run_id=input.run_id, attempt=input.attempt)
-        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s, input.budget)
         transcript = self._save_exchange(request, response)
         plan = _tool_answer(response, prompts.SUBMIT_PLAN_TOOL, Plan, "the planner", INVALID_PLAN)
         try:
@@ -146,7 +157,7 @@ class ModelActivities:
         context = CallContext(
             purpose="agent", run_id=input.run_id, task_id=input.task_id, attempt=input.attempt, turn=input.turn
         )
-        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s, input.budget)
         updated = {
             "system": transcript["system"],
             "context": request.context,
@@ -168,7 +179,7 @@ class ModelActivities:
         diff_stat = workspace.diff_stat(input.repo_path, input.base_sha, input.sha)
         request = prompts.review_request(input, diff, diff_stat, read_snapshot(input.repo_path, input.base_sha))
         context = CallContext(purpose="review", run_id=input.run_id, task_id=input.task_id, attempt=input.attempt)
-        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s, input.budget)
         transcript = self._save_exchange(request, response)
         verdict = _tool_answer(response, prompts.SUBMIT_REVIEW_TOOL, ReviewVerdict, "the reviewer")
         return ReviewResult(
@@ -180,7 +191,7 @@ class ModelActivities:
         """Held-out tests from the task's acceptance criteria, written in a context the generator never sees."""
         request = prompts.acceptance_request(input, read_snapshot(input.repo_path, input.base_sha))
         context = CallContext(purpose="acceptance", run_id=input.run_id, task_id=input.task.id, attempt=input.attempt)
-        response = await self._call(request, context, input.config.timeouts.heartbeat_s)
+        response = await self._call(request, context, input.config.timeouts.heartbeat_s, input.budget)
         tests = _tool_answer(response, prompts.SUBMIT_TESTS_TOOL, AcceptanceTests, "the acceptance-test writer")
         ref = self._blobs.put_json({file.path: file.content for file in tests.files})
         names = [f"{file.path}::{name}" for file in tests.files for name in _test_names(file.content)]

@@ -44,6 +44,9 @@ TASK_ESCALATION_SIGNAL = "task_escalation"
 """The signal a task sends its run when it starts or stops waiting for a person (by name: the two workflow
 modules cannot import each other)."""
 
+RUN_SPENT_SIGNAL = "run_spent"
+"""The signal a run sends its running tasks when a task ends: what the run has spent, for the run's budget."""
+
 GIT_AUTHOR_NAME = "darkfactory"
 GIT_AUTHOR_EMAIL = "factory@darkfactory.invalid"
 

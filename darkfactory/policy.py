@@ -156,6 +156,20 @@ class Review(_Config):
     """Reviewer model; None uses the run's model (a different model gives a more independent review)."""
 
 
+class BudgetLimits(_Config):
+    """`[budget]`: tokens (all of them: input, cache, output) and list-price dollars, per task and per run.
+    None: no limit. Enforced before each model call (`darkfactory.budget`)."""
+
+    task_tokens: int | None = Field(default=None, ge=1)
+    task_usd: float | None = Field(default=None, gt=0)
+    run_tokens: int | None = Field(default=None, ge=1)
+    run_usd: float | None = Field(default=None, gt=0)
+
+    @property
+    def any(self) -> bool:
+        return any(limit is not None for limit in (self.task_tokens, self.task_usd, self.run_tokens, self.run_usd))
+
+
 class Policy(_Config):
     """The whole policy file. Every section is optional."""
 
@@ -171,6 +185,8 @@ class Policy(_Config):
     review: Review = Field(default_factory=Review)
     tests: SuiteRules = Field(default_factory=SuiteRules)
     sandbox: SandboxRules = Field(default_factory=SandboxRules)
+    budget: BudgetLimits = Field(default_factory=BudgetLimits)
+    """`[budget]`: task_tokens, task_usd, run_tokens, run_usd (see `darkfactory.budget`)."""
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         # A file that configures one type keeps the defaults of the others (docs stay docs-only).

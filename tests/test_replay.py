@@ -8,7 +8,9 @@ tells its run, and is approved by a signal), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_backlog.py -k priority` (a backlog that starts three runs
 one at a time and continues-as-new), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_serve.py -k labelled` (an issue's run that comments on
-the issue once, though the post is retried).
+the issue once, though the post is retried), and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_budget.py -k starts_no_new_task` (a task refused a call by
+the run's budget, approved to go on; then the run starts no new task).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
+from workflows.budgets import tell_running_tasks
 from workflows.escalation import DecisionDesk
 from workflows.issue_reports import IssueReporter
 from workflows.merge_queue import MergeQueue
@@ -28,9 +29,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
+    from darkfactory.budget import run_budget_spent
     from darkfactory.constants import TASK_ESCALATION_SIGNAL, task_workflow_id
     from darkfactory.contracts import (
         BaselineSummary,
+        BudgetCheck,
         DecisionInput,
         GateReport,
         MeasureBaseInput,
@@ -48,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         TaskResult,
         TaskState,
         TaskSummary,
+        Usage,
     )
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
@@ -236,6 +240,7 @@ class FactoryRunWorkflow:
                         problem=problem,
                         base_failures=prepared.baseline.failures if prepared.baseline else [],
                         base_failed=prepared.baseline.failed if prepared.baseline else 0,
+                        budget=_run_budget(prepared, self._book.current.usage),
                     ),
                     start_to_close_timeout=timedelta(seconds=config.timeouts.model_call_s),
                     summary=f"plan · attempt {attempt}",
@@ -268,16 +273,22 @@ class FactoryRunWorkflow:
                     self._book.set_task(
                         task_id, state="failed", reason=f"not started: dependency {culprit!r} did not merge"
                     )
+            spent = run_budget_spent(self._book.current.usage, prepared.policy.budget, request.config.max_tokens)
             for task in ready_tasks(plan, merged, started):
                 if len(running) >= request.config.max_parallel:
                     break
                 started.add(task.id)
+                if spent:
+                    self._book.set_task(task.id, state="failed", reason=f"not started: {spent}")
+                    continue
                 running[task.id] = asyncio.create_task(self._run_task(request, task, prepared, task.id in sinks))
             if not running:
                 return self._queue.head
             await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
             for task_id in [task_id for task_id, job in running.items() if job.done()]:
                 running.pop(task_id).result()  # a bug in _run_task should fail loudly, not hang the run
+            if running and _run_budget(prepared, self._book.current.usage) is not None:
+                await tell_running_tasks(request.run_id, list(running), self._book.current.usage)
 
     async def _run_task(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
         """One task to its end: a child workflow per merge round, until its change merges cleanly.
@@ -309,6 +320,7 @@ class FactoryRunWorkflow:
                         feedback=feedback,
                         reset_branch=merge_round > 1,
                         baseline=prepared.baseline,
+                        run_spent=self._book.current.usage,
                     ),
                     id=task_workflow_id(request.run_id, task.id),
                     static_summary=f"task {task.id}: {task.title}",
@@ -363,6 +375,15 @@ class FactoryRunWorkflow:
             )
         except ActivityError:
             workflow.logger.warning("could not release the run's worktrees; they are only caches")
+
+
+def _run_budget(prepared: PreparedRun, spent: Usage) -> BudgetCheck | None:
+    """The run's `[budget]` for a call outside any task (the plan), or None when the run has no limit."""
+    limits = prepared.policy.budget
+    if limits.run_tokens is None and limits.run_usd is None:
+        return None
+    # The plan belongs to no task: only the run's limits apply to it.
+    return BudgetCheck(limits=limits.model_copy(update={"task_tokens": None, "task_usd": None}), run_spent=spent)
 
 
 def _integration_gates(prepared: PreparedRun) -> list[GateName]:

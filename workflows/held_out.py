@@ -10,19 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, cause_of, queue_of, step
+from workflows.budgets import BudgetGuard
+from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, cause_of, over_budget, queue_of, step
 
 with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
-    from darkfactory.contracts import AcceptanceCheck, AcceptanceInput, AcceptanceSuite, CheckAcceptanceInput, TaskInput
+    from darkfactory.contracts import (
+        AcceptanceCheck,
+        AcceptanceInput,
+        AcceptanceSuite,
+        BudgetCheck,
+        CheckAcceptanceInput,
+        TaskInput,
+    )
 
 
-async def held_out_suite(input: TaskInput, set_phase: Callable[[str], None]) -> AcceptanceSuite | None:
+async def held_out_suite(
+    input: TaskInput, set_phase: Callable[[str], None], guard: BudgetGuard
+) -> AcceptanceSuite | None:
     """The task's held-out tests: the spec's, or written now from its acceptance criteria; then run on the
     task's base, where only those that fail can gate the task. A written test that passes there already
     goes back to the writer (up to the policy's `acceptance_rewrites`), then is dropped with a note."""
@@ -35,7 +46,7 @@ async def held_out_suite(input: TaskInput, set_phase: Callable[[str], None]) -> 
         return None
     else:
         set_phase("writing acceptance tests")
-        suite = await _write(input, 1, "")
+        suite = await guard.call(partial(_write, input, 1, ""))
     if suite.files_ref is None:
         return suite
     rewrites = 0 if given else input.policy.limits.acceptance_rewrites
@@ -64,7 +75,7 @@ async def held_out_suite(input: TaskInput, set_phase: Callable[[str], None]) -> 
             check.toothless[:10]
         )
         set_phase("writing acceptance tests")
-        suite = await _write(input, rewrite + 2, problem)
+        suite = await guard.call(partial(_write, input, rewrite + 2, problem))
         usage = usage + suite.usage
     if check.problem:
         notes.append(f"held-out tests not checked on the base ({check.problem}): all of them gate the task")
@@ -76,7 +87,7 @@ async def held_out_suite(input: TaskInput, set_phase: Callable[[str], None]) -> 
     return suite.model_copy(update={"usage": usage, "notes": notes, "selection": check.biting, "names": names})
 
 
-async def _write(input: TaskInput, attempt: int, problem: str) -> AcceptanceSuite:
+async def _write(input: TaskInput, attempt: int, problem: str, budget: BudgetCheck | None) -> AcceptanceSuite:
     try:
         suite: AcceptanceSuite = await workflow.execute_activity_method(
             ModelActivities.write_acceptance_tests,
@@ -90,6 +101,7 @@ async def _write(input: TaskInput, attempt: int, problem: str) -> AcceptanceSuit
                 attempt=attempt,
                 max_attempts=input.policy.limits.acceptance_rewrites + 1,
                 problem=problem,
+                budget=budget,
             ),
             start_to_close_timeout=timedelta(seconds=input.config.timeouts.model_call_s),
             summary=f"write acceptance tests · {input.task.id} · attempt {attempt}",
@@ -98,5 +110,8 @@ async def _write(input: TaskInput, attempt: int, problem: str) -> AcceptanceSuit
             task_queue=queue_of("model"),
         )
     except ActivityError as exc:
+        refused = over_budget(exc)
+        if refused is not None:
+            raise refused from exc
         raise Ended("failed", f"could not write held-out acceptance tests: {cause_of(exc)}") from exc
     return suite

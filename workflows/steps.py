@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.run_book import RunFailed
 
 with workflow.unsafe.imports_passed_through():
+    from activities.errors import OVER_BUDGET
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from darkfactory.constants import queue_name
@@ -81,8 +82,21 @@ class Ended(Exception):
         self.reason = reason
 
 
+class OverBudget(Exception):
+    """A model call was refused before it was made: it could go past the policy's `[budget]`. The message has
+    the figures; the task escalates with them (see workflows/budgets.py)."""
+
+
+def over_budget(exc: ActivityError) -> OverBudget | None:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type == OVER_BUDGET:
+        return OverBudget(cause.message)
+    return None
+
+
 async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retry: RetryPolicy) -> Any:
-    """One activity of a task; a non-retryable failure ends the task `failed` with its message."""
+    """One activity of a task; a non-retryable failure ends the task `failed` with its message (a refused
+    model call raises OverBudget instead)."""
     try:
         return await workflow.execute_activity_method(
             method,
@@ -94,6 +108,9 @@ async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retr
             summary=activity_summary(method, arg),
         )
     except ActivityError as exc:
+        refused = over_budget(exc)
+        if refused is not None:
+            raise refused from exc
         raise Ended("failed", cause_of(exc)) from exc
 
 

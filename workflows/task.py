@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows.budgets import BudgetGuard
 from workflows.escalation import DecisionDesk
 from workflows.held_out import held_out_suite
 from workflows.search_attributes import NEEDS_REVIEW, STATUS
@@ -26,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gates import GateActivities
     from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
-    from darkfactory.constants import TASK_ESCALATION_SIGNAL
+    from darkfactory.constants import RUN_SPENT_SIGNAL, TASK_ESCALATION_SIGNAL
     from darkfactory.contracts import (
         AcceptanceSuite,
         AgentTurnInput,
@@ -34,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         AttemptBrief,
         AttemptRecord,
         BlobRef,
+        BudgetCheck,
         Decision,
         DecisionInput,
         EscalationState,
@@ -49,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         TaskInput,
         TaskOutcome,
         TaskResult,
+        Timeouts,
         Usage,
         WorkspaceRef,
     )
@@ -63,6 +67,7 @@ class TaskWorkflow:
         self._sha = ""
         self._last_gates: list[GateResult] = []
         self._desk = DecisionDesk()
+        self._guard = BudgetGuard()
 
     # -- people ------------------------------------------------------------------------------------
 
@@ -80,6 +85,11 @@ class TaskWorkflow:
     def retry(self, input: DecisionInput | None = None) -> None:
         """Try again; the note is guidance that reaches the next model request."""
         self._desk.answer("retry", input)
+
+    @workflow.signal(name=RUN_SPENT_SIGNAL)
+    def run_spent(self, spent: Usage) -> None:
+        """The run's newer total (sent when another of its tasks ends), for the run's budget."""
+        self._guard.heard(spent)
 
     @workflow.query
     def progress(self) -> dict[str, object]:
@@ -99,8 +109,15 @@ class TaskWorkflow:
     @workflow.run
     async def run(self, input: TaskInput) -> TaskResult:
         attempts: list[AttemptRecord] = []
-        usage = Usage()
         suite: AcceptanceSuite | None = None
+
+        async def escalate(reason: str, deadline_veto: str) -> Decision:
+            phase = self._phase
+            decision = await self._escalate(input, reason, deadline_veto)
+            self._phase = phase
+            return decision
+
+        self._guard.start(input.policy.budget, input.run_spent, escalate)
         try:
             ws: WorkspaceRef = await workflow.execute_activity_method(
                 WorkspaceActivities.open_workspace,
@@ -116,16 +133,12 @@ class TaskWorkflow:
                 retry_policy=STEP_RETRY,
             )
             self._sha = ws.sha
-            suite = await held_out_suite(input, self._set_phase_text)
-            if suite is not None:
-                usage = usage + suite.usage
+            suite = await held_out_suite(input, self._set_phase_text, self._guard)
             outcome, reason = await self._work(input, ws, suite, attempts)
         except Ended as ended:
             outcome, reason = ended.outcome, ended.reason
         except asyncio.CancelledError:
             outcome, reason = "cancelled", "the task was cancelled"
-        for record in attempts:
-            usage = usage + record.usage
         self._phase = outcome
         self._set_search(outcome, needs_review=False)
         return TaskResult(
@@ -135,7 +148,8 @@ class TaskWorkflow:
             base_sha=input.base_sha,
             attempts=attempts,
             reason=reason,
-            usage=usage,
+            # Every model call the task made, a refused budget's unfinished attempt included.
+            usage=self._guard.spent,
             decisions=self._desk.decisions,
             notes=suite.notes if suite is not None else [],
         )
@@ -249,21 +263,16 @@ class TaskWorkflow:
         self._phase = "agent"
         for turn in range(1, config.max_turns + 1):
             self._turn = turns = turn
-            answer: AgentTurnResult = await step(
-                ModelActivities.agent_turn,
-                AgentTurnInput(
-                    run_id=input.run_id,
-                    task_id=input.task.id,
-                    attempt=attempt,
-                    turn=turn,
-                    config=config,
-                    transcript_ref=transcript,
-                    brief=brief if transcript is None else None,
-                ),
-                timeouts.model_call_s,
-                timeouts.heartbeat_s,
-                MODEL_RETRY,
+            turn_input = AgentTurnInput(
+                run_id=input.run_id,
+                task_id=input.task.id,
+                attempt=attempt,
+                turn=turn,
+                config=config,
+                transcript_ref=transcript,
+                brief=brief if transcript is None else None,
             )
+            answer = await self._guard.call(partial(_agent_turn, turn_input, timeouts))
             usage = usage + answer.usage
             transcript = answer.transcript_ref
             if not answer.tool_calls:
@@ -313,25 +322,28 @@ class TaskWorkflow:
         gates = list(report.results)
         if report.passed and self._reviewed(input):
             self._phase = "review"
-            review: ReviewResult = await step(
-                ModelActivities.review_change,
-                ReviewInput(
-                    run_id=input.run_id,
-                    task_id=input.task.id,
-                    attempt=attempt,
-                    repo_path=input.repo_path,
-                    base_sha=input.base_sha,
-                    sha=self._sha,
-                    spec=input.spec,
-                    task=input.task,
-                    gates=gates,
-                    model=input.policy.review.model or config.model,
-                    config=config,
-                    max_attempts=brief.max_attempts,
-                ),
-                timeouts.model_call_s,
-                timeouts.heartbeat_s,
-                MODEL_RETRY,
+            review_input = ReviewInput(
+                run_id=input.run_id,
+                task_id=input.task.id,
+                attempt=attempt,
+                repo_path=input.repo_path,
+                base_sha=input.base_sha,
+                sha=self._sha,
+                spec=input.spec,
+                task=input.task,
+                gates=gates,
+                model=input.policy.review.model or config.model,
+                config=config,
+                max_attempts=brief.max_attempts,
+            )
+            review: ReviewResult = await self._guard.call(
+                lambda budget: step(
+                    ModelActivities.review_change,
+                    review_input.model_copy(update={"budget": budget}),
+                    timeouts.model_call_s,
+                    timeouts.heartbeat_s,
+                    MODEL_RETRY,
+                )
             )
             usage = usage + review.usage
             gates.append(_review_gate(review))
@@ -348,6 +360,14 @@ class TaskWorkflow:
             usage=usage,
             transcript_ref=transcript,
         )
+
+
+async def _agent_turn(turn: AgentTurnInput, timeouts: Timeouts, budget: BudgetCheck | None) -> AgentTurnResult:
+    given = turn.model_copy(update={"budget": budget})
+    answer: AgentTurnResult = await step(
+        ModelActivities.agent_turn, given, timeouts.model_call_s, timeouts.heartbeat_s, MODEL_RETRY
+    )
+    return answer
 
 
 def _review_gate(review: ReviewResult) -> GateResult:

@@ -49,6 +49,7 @@ from darkfactory.contracts.base import (
     BlobRef,
     Frozen,
 )
+from darkfactory.contracts.budget import BudgetCheck
 from darkfactory.contracts.config import (
     IssueRef,
     RunConfig,
@@ -149,6 +150,7 @@ __all__ = [
     "BaseFailure",
     "BaselineSummary",
     "BlobRef",
+    "BudgetCheck",
     "CallContext",
     "CallPurpose",
     "CheckAcceptanceInput",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from darkfactory.contracts.base import BlobRef, Frozen
+from darkfactory.contracts.budget import BudgetCheck
 from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.messages import Usage
 from darkfactory.contracts.plans import PlannedTask
@@ -23,6 +24,8 @@ class AcceptanceInput(Frozen):
     max_attempts: int = 1
     problem: str = ""
     """Why the previous tests were not good enough (they pass on the base, so they prove nothing)."""
+    budget: BudgetCheck | None = None
+    """The policy's `[budget]` and what is spent; the activity refuses a call that could go past it."""
 
 
 class AcceptanceTestFile(Frozen):

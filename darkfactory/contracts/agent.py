@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from darkfactory.contracts.base import BlobRef, Frozen
+from darkfactory.contracts.budget import BudgetCheck
 from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.git import WorkspaceRef
 from darkfactory.contracts.messages import ToolCall, ToolOutcome, Usage
@@ -37,6 +38,8 @@ class AgentTurnInput(Frozen):
     transcript_ref: BlobRef | None
     """None on the first turn of an attempt: the activity builds the first request from `brief`."""
     brief: AttemptBrief | None = None
+    budget: BudgetCheck | None = None
+    """The policy's `[budget]` and what is spent; the activity refuses a call that could go past it."""
 
 
 class AgentTurnResult(Frozen):

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkfactory.contracts.base import BlobRef, Frozen
+from darkfactory.contracts.budget import BudgetCheck
 from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.gates import GateResult
 from darkfactory.contracts.messages import Usage
@@ -75,6 +76,8 @@ class ReviewInput(Frozen):
     model: str
     config: RunConfig
     max_attempts: int = 3
+    budget: BudgetCheck | None = None
+    """The policy's `[budget]` and what is spent; the activity refuses a call that could go past it."""
 
 
 class ReviewResult(Frozen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from darkfactory.contracts.base import TASK_ID_PATTERN, BlobRef, Frozen
+from darkfactory.contracts.budget import BudgetCheck
 from darkfactory.contracts.config import RunConfig
 from darkfactory.contracts.gates import BaseFailure
 from darkfactory.contracts.messages import Usage
@@ -47,6 +48,8 @@ class PlanInput(Frozen):
     base_failures: list[BaseFailure] = Field(default_factory=list)
     """Tests that fail on the base commit (the first ones), so the plan can account for them."""
     base_failed: int = 0
+    budget: BudgetCheck | None = None
+    """The run's limits of policy's `[budget]` and what is spent; the activity refuses a call that could go past it."""
     """How many tests fail on the base in all."""
 
 

@@ -56,6 +56,8 @@ class TaskInput(Frozen):
     """Move the task branch to `base_sha` first (a new round starts from the new integration head)."""
     baseline: BaselineSummary | None = None
     """The run's base, measured once: the tests gate judges failures against it."""
+    run_spent: Usage = Field(default_factory=Usage)
+    """What the run had spent when the task started (for the run's `[budget]`; the run updates it by signal)."""
 
 
 class TaskResult(Frozen):
