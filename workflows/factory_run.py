@@ -13,21 +13,20 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 from workflows.budgets import tell_running_tasks
 from workflows.escalation import DecisionDesk
 from workflows.issue_reports import IssueReporter
 from workflows.merge_queue import MergeQueue
+from workflows.planning import plan_run
 from workflows.run_book import RunBook, RunFailed, failing_gates
 from workflows.search_attributes import REPO, STATUS
 from workflows.shipping import Shipping
 
 with workflow.unsafe.imports_passed_through():
     from activities import metrics
-    from activities.errors import INVALID_PLAN
     from activities.gates import GateActivities
-    from activities.model import ModelActivities
     from activities.workspace import WorkspaceActivities
     from darkfactory.budget import run_budget_spent
     from darkfactory.constants import TASK_ESCALATION_SIGNAL, task_workflow_id
@@ -38,9 +37,7 @@ with workflow.unsafe.imports_passed_through():
         GateReport,
         MeasureBaseInput,
         Plan,
-        PlanInput,
         PlannedTask,
-        PlanResult,
         PreparedRun,
         PrepareRunInput,
         RunGatesInput,
@@ -56,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
     from darkfactory.triggers.ids import tick_run_id
-    from workflows.steps import MODEL_RETRY, cause_of, queue_for, run_step
+    from workflows.steps import cause_of, run_step
     from workflows.task import TaskWorkflow
 
 INTEGRATION_TASK = "_integration"
@@ -153,7 +150,7 @@ class FactoryRunWorkflow:
         prepared = prepared.model_copy(update={"baseline": baseline})
 
         self._book.set_phase("planning")
-        planned = await self._plan(request, prepared)
+        planned = await plan_run(request, prepared, _run_budget(prepared, self._book.current.usage))
         plan = planned.plan
         self._book.task_types = {task.id: task.type for task in plan.tasks}
         self._book.update(
@@ -221,41 +218,6 @@ class FactoryRunWorkflow:
     def reject(self, input: DecisionInput | None = None) -> None:
         """After a rollback: keep it reverted; the run ends failed."""
         self._desk.answer("reject", input)
-
-    async def _plan(self, request: RunRequest, prepared: PreparedRun) -> PlanResult:
-        """Ask for a plan; an invalid one goes back to the planner with the problem, a bounded number of times."""
-        config = request.config
-        problem = ""
-        for attempt in range(1, config.max_plan_attempts + 1):
-            try:
-                planned: PlanResult = await workflow.execute_activity_method(
-                    ModelActivities.plan_run,
-                    PlanInput(
-                        run_id=request.run_id,
-                        repo_path=request.repo_path,
-                        base_sha=prepared.base_sha,
-                        spec=request.spec,
-                        config=config,
-                        attempt=attempt,
-                        problem=problem,
-                        base_failures=prepared.baseline.failures if prepared.baseline else [],
-                        base_failed=prepared.baseline.failed if prepared.baseline else 0,
-                        budget=_run_budget(prepared, self._book.current.usage),
-                    ),
-                    start_to_close_timeout=timedelta(seconds=config.timeouts.model_call_s),
-                    summary=f"plan · attempt {attempt}",
-                    heartbeat_timeout=timedelta(seconds=config.timeouts.heartbeat_s),
-                    retry_policy=MODEL_RETRY,
-                    task_queue=queue_for(ModelActivities.plan_run),
-                )
-                return planned
-            except ActivityError as exc:
-                cause = exc.cause
-                if not (isinstance(cause, ApplicationError) and cause.type == INVALID_PLAN):
-                    raise RunFailed(cause_of(exc)) from exc
-                problem = cause.message
-                workflow.logger.info("plan %d refused: %s", attempt, problem)
-        raise RunFailed(f"{problem} (after {config.max_plan_attempts} planning attempt(s))")
 
     async def _run_tasks(self, request: RunRequest, plan: Plan, prepared: PreparedRun) -> str:
         """Run every task whose dependencies are merged, up to `max_parallel` at once; return the final head."""

@@ -151,7 +151,9 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     honey.write_text(f"ANTHROPIC_API_KEY={CANARY_HONEY}\n")
     (root / "other-repo").mkdir()
     (root / "other-repo" / "main.py").write_text("print('another repository')\n")
-    worker = subprocess.Popen(["sleep", "3600"], env={"ANTHROPIC_API_KEY": CANARY_KEY, "PATH": "/usr/bin:/bin"})
+    worker = subprocess.Popen(
+        ["tail", "-f", "/dev/null"], env={"ANTHROPIC_API_KEY": CANARY_KEY, "PATH": "/usr/bin:/bin"}
+    )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)

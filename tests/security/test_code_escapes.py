@@ -87,12 +87,13 @@ def test_a_daemon_left_by_the_base_suite_is_killed(tmp_path: Path, host: Host) -
     spawner = (
         "import subprocess, sys\n"
         "subprocess.Popen(['setsid', sys.executable, '-c', "
-        f"\"import socket, time; time.sleep(3); socket.create_connection(('127.0.0.1', {host.port}))\"])\n"
+        f"\"import signal, socket; signal.pause(); socket.create_connection(('127.0.0.1', {host.port}))"
+        '  # df-base-daemon"])\n'
         "print('OUTCOME spawned')\n"
     )
     ctx = hostile_base(tmp_path, {"conftest.py": spawner})
     text = measured(ctx, tmp_path)
-    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(3)"], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", "df-base-daemon"], capture_output=True, text=True)
     assert leftovers.stdout == "", "a process the suite started outlived it"
     host.assert_untouched(text)
 
@@ -171,10 +172,12 @@ def test_a_policy_setup_command_is_sandboxed(tmp_path: Path, host: Host) -> None
 def test_a_process_left_by_setup_is_killed(tmp_path: Path, host: Host) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    daemon = f"import socket, time; time.sleep(4); socket.create_connection(('127.0.0.1', {host.port}))"
+    # It blocks until a signal, so it connects only if it outlives setup; no clock involved.
+    connect = f"socket.create_connection(('127.0.0.1', {host.port}))"
+    daemon = f"import signal, socket; signal.pause(); {connect}  # df-setup-daemon"
     setup = [["bash", "-c", f'setsid python -c "{daemon}" >/dev/null 2>&1 & echo OUTCOME spawned']]
     ensure_target_env(repo, tmp_path / "envs", setup)
-    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(4)"], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", "df-setup-daemon"], capture_output=True, text=True)
     assert leftovers.stdout == "", "a process setup started outlived it"
     host.assert_untouched()
 

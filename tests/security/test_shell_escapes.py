@@ -134,7 +134,7 @@ ATTACKS = [
     Attack("symlink-policy-swap", "rm -rf .ci && ln -s /tmp .ci", undone),
     Attack(
         "daemon-left-behind",
-        f"setsid nohup {PY} -c 'import time; time.sleep(600)' >/dev/null 2>&1 & echo started",
+        f"setsid nohup {PY} -c 'import signal; signal.pause()  # df-daemon-left' >/dev/null 2>&1 & echo started",
         said("started"),
     ),
     Attack("tmp-is-private", "echo x > /tmp/df-shell-marker && ls /tmp", said("df-shell-marker")),
@@ -176,5 +176,5 @@ def test_shell_contains(attack: Attack, workspace: Path, host: Host, temporal: d
     assert CANARY_KEY not in result.content
     assert devserver.is_listening(temporal.ip, temporal.port), "the Temporal frontend went away"
     assert not Path("/tmp/pwned").exists() and not Path("/tmp/df-shell-marker").exists()
-    leftovers = subprocess.run(["pgrep", "-f", "time.sleep(600)"], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", "df-daemon-left"], capture_output=True, text=True)
     assert leftovers.stdout == "", "a process the command started outlived it"
