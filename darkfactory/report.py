@@ -116,11 +116,11 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
         target = state.shipped_to or state.base_branch
         console.print(f"Shipped {state.shipped_sha[:12]} to {target} ({state.ship_mode})", highlight=False)
         if state.pull_request_url:
-            console.print(f"Pull request: {state.pull_request_url}", highlight=False)
+            console.print(f"Pull request: {state.pull_request_url}", highlight=False, soft_wrap=True)
     elif state.integration_branch:
         console.print(f"Nothing shipped; work so far is on {state.integration_branch}", highlight=False)
     if run_url:
-        console.print(f"Web UI: {run_url}", highlight=False)
+        console.print(f"Web UI: {run_url}", highlight=False, soft_wrap=True)  # a link must not wrap
 
 
 # -- tokens, cache and cost

@@ -8,9 +8,12 @@ import os
 import uuid
 from pathlib import Path
 
+from rich.console import Console
 from temporalio.client import Client
 
 from darkfactory.constants import run_workflow_id, task_workflow_id
+from darkfactory.contracts import RunState
+from darkfactory.report import print_summary
 from factory_cli.launch import start_factory_run
 from tests.conftest import DEMO, factory_worker, request_for
 from tests.test_escalation import BIN, address
@@ -72,3 +75,19 @@ async def test_status_watch_follows_a_run_to_its_end_and_never_wraps_the_link(
     assert text.count("merged") >= 2  # both tasks, in the last redraw
     link = f"{ui}/namespaces/default/workflows/{run_workflow_id(request.run_id)}"
     assert any(line.strip() == f"Web UI: {link}" for line in text.splitlines()), text  # whole, on one line
+
+
+def test_the_run_summary_prints_its_web_ui_link_unbroken_at_80_columns() -> None:
+    url = "http://127.0.0.1:8233/namespaces/default/workflows/run-add-url-slugs-to-textkit-7194c8"
+    state = RunState(
+        run_id="add-url-slugs-to-textkit-7194c8",
+        repo_path="/repo",
+        base_branch="main",
+        model="scripted",
+        scripted=True,
+        phase="shipped",
+    )
+    console = Console(record=True, width=80)
+    print_summary(console, state, url)
+    text = console.export_text()
+    assert f"Web UI: {url}\n" in text
