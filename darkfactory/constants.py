@@ -47,6 +47,14 @@ modules cannot import each other)."""
 RUN_SPENT_SIGNAL = "run_spent"
 """The signal a run sends its running tasks when a task ends: what the run has spent, for the run's budget."""
 
+TASK_READY_SIGNAL = "task_ready"
+"""The signal a task whose gates passed sends its run, with its result; it then stays open until the run says
+how its merge went (the `settled` signal), so its search attributes end with the summary's word (`merged`)."""
+
+SUMMARY_MEMO = "summary"
+"""The memo key under which a run keeps its live state (RunState as JSON, without the gates' long texts):
+any client reads it, with no worker running to answer a query."""
+
 GIT_AUTHOR_NAME = "darkfactory"
 GIT_AUTHOR_EMAIL = "factory@darkfactory.invalid"
 

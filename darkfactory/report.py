@@ -103,6 +103,9 @@ def print_summary(console: Console, state: RunState, run_url: str | None) -> Non
     if state.tasks:
         console.print(table)
     for task in state.tasks:
+        if task.state == "escalated":  # the table squeezes the reason: say it whole, where people look
+            line = f"  {task.id}: escalated after {task.attempts} attempt(s), {_waiting(task)}"
+            console.print(line, highlight=False, markup=False)
         for note in task.notes:
             console.print(f"  {task.id}: {note}", highlight=False, markup=False)
     for line in usage_lines(state):

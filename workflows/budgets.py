@@ -89,11 +89,12 @@ class BudgetGuard:
             return result
 
 
-async def tell_running_tasks(run_id: str, task_ids: list[str], spent: Usage) -> None:
-    """Give the run's running tasks its newer total, so their calls are checked against the run's budget."""
-    for task_id in task_ids:
+async def tell_running_tasks(run_id: str, spent: dict[str, Usage]) -> None:
+    """Give each running task what the run has spent apart from the task's own round (which the task counts
+    itself), so its calls are checked against the run's budget."""
+    for task_id, spent_besides in spent.items():
         handle = workflow.get_external_workflow_handle(task_workflow_id(run_id, task_id))
         try:
-            await handle.signal(RUN_SPENT_SIGNAL, spent)
+            await handle.signal(RUN_SPENT_SIGNAL, spent_besides)
         except ApplicationError as exc:  # the task just ended: its result is on its way to the run
             workflow.logger.info("could not tell task %s what the run spent: %s", task_id, exc)

@@ -12,8 +12,8 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ChildWorkflowError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 from workflows.budgets import tell_running_tasks
 from workflows.escalation import DecisionDesk
@@ -21,15 +21,15 @@ from workflows.issue_reports import IssueReporter
 from workflows.merge_queue import MergeQueue
 from workflows.planning import plan_run
 from workflows.run_book import RunBook, RunFailed, failing_gates
-from workflows.search_attributes import REPO, STATUS
 from workflows.shipping import Shipping
+from workflows.task_rounds import TaskRounds, cancel_all
 
 with workflow.unsafe.imports_passed_through():
     from activities import metrics
     from activities.gates import GateActivities
     from activities.workspace import WorkspaceActivities
     from darkfactory.budget import run_budget_spent
-    from darkfactory.constants import TASK_ESCALATION_SIGNAL, task_workflow_id
+    from darkfactory.constants import TASK_ESCALATION_SIGNAL, TASK_READY_SIGNAL
     from darkfactory.contracts import (
         BaselineSummary,
         BudgetCheck,
@@ -37,29 +37,23 @@ with workflow.unsafe.imports_passed_through():
         GateReport,
         MeasureBaseInput,
         Plan,
-        PlannedTask,
         PreparedRun,
         PrepareRunInput,
         RunGatesInput,
         RunRequest,
         RunState,
         TaskEscalation,
-        TaskInput,
         TaskResult,
-        TaskState,
         TaskSummary,
         Usage,
     )
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
     from darkfactory.triggers.ids import tick_run_id
-    from workflows.steps import cause_of, run_step
-    from workflows.task import TaskWorkflow
+    from workflows.steps import run_step
 
 INTEGRATION_TASK = "_integration"
 """Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""
-MERGE_ROUNDS = 3
-"""Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
 
 
 @workflow.defn
@@ -70,6 +64,7 @@ class FactoryRunWorkflow:
         self._desk = DecisionDesk()
         self._shipping = Shipping(self._book, self._desk, run_step)
         self._reporter = IssueReporter()
+        self._rounds = TaskRounds(self._book, self._queue)
 
     @workflow.query
     def status(self) -> RunState | None:
@@ -102,8 +97,9 @@ class FactoryRunWorkflow:
             self._book.update(error=str(exc))
             self._book.set_phase("failed")
         except asyncio.CancelledError:
-            # A person cancelled the run: children are cancelled with it (each ends `cancelled`), an
-            # in-flight merge is finished first (see MergeQueue.merge), and the branches stay for inspection.
+            # A person cancelled the run: running tasks are cancelled with it (each closes Canceled after telling
+            # the run what it spent), an in-flight merge is finished first (see MergeQueue.merge), and the
+            # branches stay for inspection.
             for task in self._book.current.tasks:
                 if task.state in ("pending", "running", "escalated"):
                     self._book.set_task(task.id, state="cancelled", reason="the run was cancelled")
@@ -156,8 +152,8 @@ class FactoryRunWorkflow:
         self._book.update(
             plan_summary=plan.summary,
             tasks=[TaskSummary(id=task.id, title=task.title, type=task.type, state="pending") for task in plan.tasks],
-            usage=self._book.current.usage + planned.usage,
         )
+        self._book.spent_outside_tasks(planned.usage)
 
         self._book.set_phase("running")
         head = await self._run_tasks(request, plan, prepared)
@@ -202,12 +198,18 @@ class FactoryRunWorkflow:
         task = next((t for t in state.tasks if t.id == update.task_id), None) if state else None
         if task is None or task.state not in ("running", "escalated"):
             return  # late or unknown: the task's own result decides its state
+        figures = self._book.heard_from(update)
         if update.escalation is None:
-            self._book.set_task(task.id, state="running", escalation=None)
+            self._book.set_task(task.id, state="running", escalation=None, **figures)
             return
-        self._book.set_task(task.id, state="escalated", escalation=update.escalation)
+        self._book.set_task(task.id, state="escalated", escalation=update.escalation, **figures)
         if self._reporter.active:
             await self._reporter.escalated(task.id, update.escalation)
+
+    @workflow.signal(name=TASK_READY_SIGNAL)
+    def task_ready(self, result: TaskResult) -> None:
+        """A task's gates passed: its result, to merge; the task stays open until told how the merge went."""
+        self._rounds.ready[result.task_id] = result
 
     @workflow.signal
     def approve(self, input: DecisionInput | None = None) -> None:
@@ -243,88 +245,21 @@ class FactoryRunWorkflow:
                 if spent:
                     self._book.set_task(task.id, state="failed", reason=f"not started: {spent}")
                     continue
-                running[task.id] = asyncio.create_task(self._run_task(request, task, prepared, task.id in sinks))
+                running[task.id] = asyncio.create_task(self._rounds.run(request, task, prepared, task.id in sinks))
             if not running:
                 return self._queue.head
-            await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if workflow.patched("cancel-tasks"):
+                    await cancel_all(running)
+                raise
             for task_id in [task_id for task_id, job in running.items() if job.done()]:
                 running.pop(task_id).result()  # a bug in _run_task should fail loudly, not hang the run
             if running and _run_budget(prepared, self._book.current.usage) is not None:
-                await tell_running_tasks(request.run_id, list(running), self._book.current.usage)
-
-    async def _run_task(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
-        """One task to its end: a child workflow per merge round, until its change merges cleanly.
-
-        Each round branches from the integration head as it stands. A merge conflict, or a merge that breaks
-        the integration suite in combination with work merged meanwhile, sends the task to a new round on
-        the new head with that problem as feedback; after MERGE_ROUNDS the task fails with it.
-        """
-        config = request.config
-        feedback = ""
-        first_attempt = 1
-        summary: dict[str, object] = {}
-        for merge_round in range(1, MERGE_ROUNDS + 1):
-            base = self._queue.head
-            self._book.set_task(task.id, state="running")
-            try:
-                result: TaskResult = await workflow.execute_child_workflow(
-                    TaskWorkflow.run,
-                    TaskInput(
-                        run_id=request.run_id,
-                        repo_path=request.repo_path,
-                        spec=request.spec,
-                        task=task,
-                        base_sha=base,
-                        config=config,
-                        policy=prepared.policy,
-                        acceptance=prepared.acceptance if sink else None,
-                        first_attempt=first_attempt,
-                        feedback=feedback,
-                        reset_branch=merge_round > 1,
-                        baseline=prepared.baseline,
-                        run_spent=self._book.current.usage,
-                    ),
-                    id=task_workflow_id(request.run_id, task.id),
-                    static_summary=f"task {task.id}: {task.title}",
-                    search_attributes=TypedSearchAttributes(
-                        [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "running")]
-                    ),
+                await tell_running_tasks(
+                    request.run_id, {task_id: self._book.spent_besides(task_id) for task_id in running}
                 )
-            except ChildWorkflowError as exc:
-                self._book.set_task(task.id, state="failed", reason=f"task workflow failed: {cause_of(exc)}")
-                return
-            first_attempt += len(result.attempts)
-            previous = self._book.task(task.id)
-            summary = {
-                "attempts": previous.attempts + len(result.attempts),
-                "usage": previous.usage + result.usage,
-                "decisions": [*previous.decisions, *result.decisions],
-                "gates": result.attempts[-1].gates if result.attempts else [],
-                "notes": result.notes,
-                "escalation": None,
-            }
-            self._book.update(usage=self._book.current.usage + result.usage)
-            if result.outcome != "passed" or result.final_sha is None:
-                ended_as: TaskState = "failed" if result.outcome == "passed" else result.outcome
-                self._book.set_task(task.id, state=ended_as, reason=result.reason, **summary)
-                return
-            problem = await self._queue.merge(
-                request, task, prepared, base, result.final_sha, lambda: self._set_merged(task.id)
-            )
-            if not problem:
-                head = self._queue.head
-                reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
-                self._book.set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
-                return
-            feedback = problem
-            self._book.set_task(task.id, state="running", **summary)
-        self._book.set_task(
-            task.id, state="failed", reason=f"not merged after {MERGE_ROUNDS} round(s): {feedback[:300]}", **summary
-        )
-
-    def _set_merged(self, task_id: str) -> None:
-        head = self._queue.head
-        self._book.set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
 
     async def _release(self, request: RunRequest) -> None:
         try:

@@ -8,12 +8,13 @@ is dropped with a note. Only the tests that fail on the base gate the task.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 from workflows.budgets import BudgetGuard
 from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, cause_of, over_budget, queue_of, step
@@ -110,6 +111,8 @@ async def _write(input: TaskInput, attempt: int, problem: str, budget: BudgetChe
             task_queue=queue_of("model"),
         )
     except ActivityError as exc:
+        if is_cancelled_exception(exc):
+            raise asyncio.CancelledError from exc
         refused = over_budget(exc)
         if refused is not None:
             raise refused from exc

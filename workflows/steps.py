@@ -7,13 +7,14 @@ activity wrote for people (`Ended`), never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from workflows.run_book import RunFailed
 
@@ -108,6 +109,8 @@ async def step(method: Any, arg: Any, timeout_s: float, heartbeat_s: float, retr
             summary=activity_summary(method, arg),
         )
     except ActivityError as exc:
+        if is_cancelled_exception(exc):
+            raise asyncio.CancelledError from exc  # the workflow was cancelled: not a failure of the step
         refused = over_budget(exc)
         if refused is not None:
             raise refused from exc
@@ -129,6 +132,8 @@ async def run_step(
             summary=activity_summary(method, arg),
         )
     except ActivityError as exc:
+        if is_cancelled_exception(exc):
+            raise asyncio.CancelledError from exc
         raise RunFailed(cause_of(exc)) from exc
 
 

@@ -15,11 +15,12 @@ from datetime import timedelta
 from functools import partial
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 from workflows.budgets import BudgetGuard
 from workflows.escalation import DecisionDesk
 from workflows.held_out import held_out_suite
+from workflows.run_link import RunLink
 from workflows.search_attributes import NEEDS_REVIEW, STATUS
 from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
 
@@ -68,6 +69,8 @@ class TaskWorkflow:
         self._last_gates: list[GateResult] = []
         self._desk = DecisionDesk()
         self._guard = BudgetGuard()
+        self._records: list[AttemptRecord] = []
+        self._link = RunLink()
 
     # -- people ------------------------------------------------------------------------------------
 
@@ -85,6 +88,11 @@ class TaskWorkflow:
     def retry(self, input: DecisionInput | None = None) -> None:
         """Try again; the note is guidance that reaches the next model request."""
         self._desk.answer("retry", input)
+
+    @workflow.signal
+    def settled(self, word: str) -> None:
+        """From the run: how this round's merge went (`merged`, `superseded` by a new round, `failed`, ...)."""
+        self._link.settled = word
 
     @workflow.signal(name=RUN_SPENT_SIGNAL)
     def run_spent(self, spent: Usage) -> None:
@@ -108,7 +116,7 @@ class TaskWorkflow:
 
     @workflow.run
     async def run(self, input: TaskInput) -> TaskResult:
-        attempts: list[AttemptRecord] = []
+        attempts = self._records
         suite: AcceptanceSuite | None = None
 
         async def escalate(reason: str, deadline_veto: str) -> Decision:
@@ -137,11 +145,15 @@ class TaskWorkflow:
             outcome, reason = await self._work(input, ws, suite, attempts)
         except Ended as ended:
             outcome, reason = ended.outcome, ended.reason
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ActivityError) as exc:
+            if not is_cancelled_exception(exc):
+                raise
+            if workflow.patched("task-closes-canceled"):
+                await self._close_cancelled(input)
+                raise asyncio.CancelledError from exc
             outcome, reason = "cancelled", "the task was cancelled"
         self._phase = outcome
-        self._set_search(outcome, needs_review=False)
-        return TaskResult(
+        result = TaskResult(
             task_id=input.task.id,
             outcome=outcome,
             final_sha=self._sha,
@@ -153,6 +165,36 @@ class TaskWorkflow:
             decisions=self._desk.decisions,
             notes=suite.notes if suite is not None else [],
         )
+        final_word: str = outcome
+        if outcome == "passed" and workflow.info().parent is not None and workflow.patched("merge-handshake"):
+            self._phase = "merging"
+            try:
+                final_word = await self._link.hand_over(result)
+            except asyncio.CancelledError:
+                await self._close_cancelled(input)
+                raise
+        self._set_search(final_word, needs_review=False)
+        return result
+
+    async def _close_cancelled(self, input: TaskInput) -> None:
+        """Cancelled (with its run, or alone): nothing stays in the review filter, and the run hears what the
+        task did and spent before the task closes Canceled."""
+        self._phase = "cancelled"
+        self._set_search("cancelled", needs_review=False)
+        if self._desk.waiting is not None:
+            workflow.upsert_memo({"escalation": None})
+        await self._tell_the_run(input, None)
+
+    async def _tell_the_run(self, input: TaskInput, escalation: EscalationState | None) -> None:
+        """The run's summary (and `factory status`) shows the task escalated (or not) with its figures so far."""
+        report = TaskEscalation(
+            task_id=input.task.id,
+            escalation=escalation,
+            attempts=len(self._records),
+            usage=self._guard.spent,
+            gates=self._last_gates,
+        )
+        await self._link.signal(TASK_ESCALATION_SIGNAL, report)
 
     async def _work(
         self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, attempts: list[AttemptRecord]
@@ -209,17 +251,7 @@ class TaskWorkflow:
         memo = {"run_id": input.run_id, "task_id": input.task.id, "title": input.task.title}
 
         async def tell_the_run(escalation: EscalationState | None) -> None:
-            # The run's summary (and `factory status`) shows the task as escalated, with why and since when.
-            parent = workflow.info().parent
-            if parent is None:
-                return
-            handle = workflow.get_external_workflow_handle(parent.workflow_id, run_id=parent.run_id)
-            try:
-                await handle.signal(
-                    TASK_ESCALATION_SIGNAL, TaskEscalation(task_id=input.task.id, escalation=escalation)
-                )
-            except ApplicationError as exc:  # the run is gone: the task's own state still says it all
-                workflow.logger.warning("could not tell the run about the escalation: %s", exc)
+            await self._tell_the_run(input, escalation)
 
         decision = await self._desk.wait(
             reason,
@@ -322,29 +354,7 @@ class TaskWorkflow:
         gates = list(report.results)
         if report.passed and self._reviewed(input):
             self._phase = "review"
-            review_input = ReviewInput(
-                run_id=input.run_id,
-                task_id=input.task.id,
-                attempt=attempt,
-                repo_path=input.repo_path,
-                base_sha=input.base_sha,
-                sha=self._sha,
-                spec=input.spec,
-                task=input.task,
-                gates=gates,
-                model=input.policy.review.model or config.model,
-                config=config,
-                max_attempts=brief.max_attempts,
-            )
-            review: ReviewResult = await self._guard.call(
-                lambda budget: step(
-                    ModelActivities.review_change,
-                    review_input.model_copy(update={"budget": budget}),
-                    timeouts.model_call_s,
-                    timeouts.heartbeat_s,
-                    MODEL_RETRY,
-                )
-            )
+            review = await _review(input, attempt, self._sha, gates, brief.max_attempts, self._guard)
             usage = usage + review.usage
             gates.append(_review_gate(review))
         self._last_gates = gates
@@ -360,6 +370,37 @@ class TaskWorkflow:
             usage=usage,
             transcript_ref=transcript,
         )
+
+
+async def _review(
+    input: TaskInput, attempt: int, sha: str, gates: list[GateResult], max_attempts: int, guard: BudgetGuard
+) -> ReviewResult:
+    """The separate reviewer's verdict on a change whose deterministic gates passed."""
+    review_input = ReviewInput(
+        run_id=input.run_id,
+        task_id=input.task.id,
+        attempt=attempt,
+        repo_path=input.repo_path,
+        base_sha=input.base_sha,
+        sha=sha,
+        spec=input.spec,
+        task=input.task,
+        gates=gates,
+        model=input.policy.review.model or input.config.model,
+        config=input.config,
+        max_attempts=max_attempts,
+    )
+    timeouts = input.config.timeouts
+    review: ReviewResult = await guard.call(
+        lambda budget: step(
+            ModelActivities.review_change,
+            review_input.model_copy(update={"budget": budget}),
+            timeouts.model_call_s,
+            timeouts.heartbeat_s,
+            MODEL_RETRY,
+        )
+    )
+    return review
 
 
 async def _agent_turn(turn: AgentTurnInput, timeouts: Timeouts, budget: BudgetCheck | None) -> AgentTurnResult:

@@ -60,6 +60,24 @@ class RunState(Frozen):
     """The base's suite, measured once at prepare: which tests fail there."""
     error: str = ""
 
+    def for_memo(self) -> dict[str, object]:
+        """The state as the run's memo keeps it (`SUMMARY_MEMO`): everything `factory status` shows, without
+        the gates' feedback texts (bounded, but a memo is rewritten on every change; they stay in the blob
+        store and in the final summary)."""
+
+        def short(gates: list[GateResult]) -> list[GateResult]:
+            return [gate.model_copy(update={"feedback": ""}) for gate in gates]
+
+        tasks = [task.model_copy(update={"gates": short(task.gates)}) for task in self.tasks]
+        brief = self.model_copy(
+            update={
+                "tasks": tasks,
+                "final_gates": short(self.final_gates),
+                "post_ship_check": short(self.post_ship_check),
+            }
+        )
+        return brief.model_dump(mode="json")
+
     @property
     def succeeded(self) -> bool:
         return self.phase == "shipped" and all(task.state == "merged" for task in self.tasks)

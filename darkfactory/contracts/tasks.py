@@ -74,10 +74,17 @@ class TaskResult(Frozen):
 
 
 class TaskEscalation(Frozen):
-    """A task tells its run that it waits for a person (`escalation`) or no longer does (None)."""
+    """A task tells its run that it waits for a person (`escalation`) or no longer does (None), and what it has
+    done so far in this round: the run's summary shows it while the task is still open (or being cancelled)."""
 
     task_id: str
     escalation: EscalationState | None = None
+    attempts: int = 0
+    """Attempts finished in this round (0 in signals recorded before it was sent)."""
+    usage: Usage = Field(default_factory=Usage)
+    """Every model call of this round so far."""
+    gates: list[GateResult] = Field(default_factory=list)
+    """The last finished attempt's gate results."""
 
 
 class TaskSummary(Frozen):

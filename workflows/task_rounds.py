@@ -1,0 +1,165 @@
+"""Each task of a run to its end: a child workflow per merge round, until its change merges cleanly.
+
+Each round branches from the integration head as it stands. A round whose gates pass signals its result
+(`task_ready`) and stays open while the merge queue merges it; it is then told how the merge went (`settled`),
+so its search attributes end with the summary's word. A merge conflict, or a merge that breaks the integration
+suite in combination with work merged meanwhile, sends the task to a new round on the new head with that
+problem as feedback; after MERGE_ROUNDS the task fails with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
+from temporalio.workflow import ChildWorkflowHandle
+
+from workflows.merge_queue import MergeQueue
+from workflows.run_book import RunBook
+from workflows.search_attributes import REPO, STATUS
+
+with workflow.unsafe.imports_passed_through():
+    from darkfactory.constants import task_workflow_id
+    from darkfactory.contracts import PlannedTask, PreparedRun, RunRequest, TaskInput, TaskResult, TaskState
+    from workflows.steps import cause_of
+    from workflows.task import TaskWorkflow
+
+MERGE_ROUNDS = 3
+"""Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
+
+
+class TaskRounds:
+    """The run's tasks, round by round, against its book and its merge queue."""
+
+    def __init__(self, book: RunBook, queue: MergeQueue) -> None:
+        self._book = book
+        self._queue = queue
+        self.ready: dict[str, TaskResult] = {}
+        """Task id -> the result its round signalled when its gates passed (it waits to hear how the merge went)."""
+
+    async def run(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
+        """One task to its end: a child workflow per merge round, until its change merges cleanly.
+
+        Each round branches from the integration head as it stands. A merge conflict, or a merge that breaks
+        the integration suite in combination with work merged meanwhile, sends the task to a new round on
+        the new head with that problem as feedback; after MERGE_ROUNDS the task fails with it.
+        """
+        config = request.config
+        feedback = ""
+        first_attempt = 1
+        summary: dict[str, object] = {}
+        for merge_round in range(1, MERGE_ROUNDS + 1):
+            base = self._queue.head
+            self._book.set_task(task.id, state="running")
+            self._book.begin_round(task.id)
+            handle = await workflow.start_child_workflow(
+                TaskWorkflow.run,
+                TaskInput(
+                    run_id=request.run_id,
+                    repo_path=request.repo_path,
+                    spec=request.spec,
+                    task=task,
+                    base_sha=base,
+                    config=config,
+                    policy=prepared.policy,
+                    acceptance=prepared.acceptance if sink else None,
+                    first_attempt=first_attempt,
+                    feedback=feedback,
+                    reset_branch=merge_round > 1,
+                    baseline=prepared.baseline,
+                    run_spent=self._book.spent_besides(task.id),
+                ),
+                id=task_workflow_id(request.run_id, task.id),
+                static_summary=f"task {task.id}: {task.title}",
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "running")]
+                ),
+            )
+            try:
+                result = await self._round_result(handle, task.id)
+            except ChildWorkflowError as exc:
+                # Cancelled on its own (the run goes on without it), or a bug: either way it keeps its figures.
+                cancelled = is_cancelled_exception(exc)
+                self._book.set_task(
+                    task.id,
+                    state="cancelled" if cancelled else "failed",
+                    reason="the task was cancelled" if cancelled else f"task workflow failed: {cause_of(exc)}",
+                )
+                return
+            first_attempt += len(result.attempts)
+            previous = self._book.task(task.id)
+            base_summary = self._book.round_base(task.id)
+            summary = {
+                "attempts": base_summary.attempts + len(result.attempts),
+                "usage": base_summary.usage + result.usage,
+                "decisions": [*previous.decisions, *result.decisions],
+                "gates": result.attempts[-1].gates if result.attempts else [],
+                "notes": result.notes,
+                "escalation": None,
+            }
+            if result.outcome != "passed" or result.final_sha is None:
+                ended_as: TaskState = "failed" if result.outcome == "passed" else result.outcome
+                self._book.set_task(task.id, state=ended_as, reason=result.reason, **summary)
+                await _settle(handle, ended_as)
+                return
+            self._book.set_task(task.id, state="running", **summary)
+            try:
+                problem = await self._queue.merge(
+                    request, task, prepared, base, result.final_sha, lambda: self._set_merged(task.id)
+                )
+            except asyncio.CancelledError:
+                await _settle(handle, "merged" if self._book.task(task.id).state == "merged" else "cancelled")
+                raise
+            if not problem:
+                head = self._queue.head
+                reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
+                self._book.set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
+                await _settle(handle, "merged")
+                return
+            feedback = problem
+            await _settle(handle, "superseded" if merge_round < MERGE_ROUNDS else "failed")
+        self._book.set_task(
+            task.id, state="failed", reason=f"not merged after {MERGE_ROUNDS} round(s): {feedback[:300]}", **summary
+        )
+
+    async def _round_result(self, handle: ChildWorkflowHandle[Any, TaskResult], task_id: str) -> TaskResult:
+        """The round's result: signalled when its gates passed (the task then waits for `_settle`), or the
+        task's own once it ended otherwise (or was recorded before tasks signalled). A cancelled run cancels the
+        task and waits for it to close, so what it spent is known (it tells the run before it closes)."""
+        try:
+            await workflow.wait_condition(lambda: task_id in self.ready or handle.done())
+        except asyncio.CancelledError:
+            handle.cancel()
+            with contextlib.suppress(ChildWorkflowError):
+                await handle
+            raise
+        if task_id in self.ready:
+            return self.ready.pop(task_id)
+        return await handle
+
+    def _set_merged(self, task_id: str) -> None:
+        head = self._queue.head
+        self._book.set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
+
+
+async def _settle(handle: ChildWorkflowHandle[Any, TaskResult], word: TaskState | str) -> None:
+    """Tell a task waiting on its merge how it went (its search attributes end with the summary's word) and let
+    it close; nothing to do for a task that already closed."""
+    if handle.done():
+        return
+    await handle.signal(TaskWorkflow.settled, word)
+    await handle
+
+
+async def cancel_all(running: dict[str, asyncio.Task[None]]) -> None:
+    """Cancel the running tasks and wait for each to record its end (`TaskRounds._round_result`)."""
+    for job in running.values():
+        job.cancel()
+    await workflow.wait(list(running.values()))
+    for job in running.values():
+        if not job.cancelled() and job.exception() is not None:
+            workflow.logger.warning("a task did not stop cleanly: %s", job.exception())
