@@ -30,6 +30,7 @@ from temporalio.worker import Worker
 from activities.audit import AuditActivities, AuditInterceptor
 from activities.context import LogContextInterceptor
 from activities.gates import GateActivities
+from activities.logging_setup import sdk_context_as_fields
 from activities.metrics import METRICS_BIND_ENV, MetricsBindError, MetricsEndpoint, serve_metrics
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
@@ -83,16 +84,17 @@ class ModelClients:
 
 
 def tracing_plugins() -> list[Plugin]:
-    """Temporal's OpenTelemetry plugin, when the OTEL_* environment asks for traces (or a test installed them).
+    """The run-trace plugin (Temporal's OpenTelemetry spans, one trace per run), when the OTEL_* environment asks
+    for traces (or a test installed them).
 
-    The plugin, not the older TracingInterceptor: its workflow spans last as long as the workflow (the
+    Temporal's plugin, not its older TracingInterceptor: its workflow spans last as long as the workflow (the
     interceptor's end at once), and it is replay-safe. Workers built on the client inherit it.
     """
     if not configure_tracing("darkfactory"):
         return []
-    from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
+    from activities.run_trace import RunTracePlugin
 
-    return [OpenTelemetryPlugin(add_temporal_spans=True)]
+    return [RunTracePlugin()]
 
 
 async def connect(settings: TemporalSettings, address: str | None = None, *, runtime: Runtime | None = None) -> Client:
@@ -186,6 +188,8 @@ def build_worker(
     gates = GateActivities(settings, blobs)
     notify = NotifyActivities()
     audit = AuditActivities(settings.home)
+    # Workflow and activity log lines carry their ids as JSON fields, not in the message text.
+    sdk_context_as_fields()
     # Binds the log ids, then writes the run's audit trail from what each activity returned.
     interceptors = [LogContextInterceptor(), AuditInterceptor(settings.home)]
     slots = max_concurrent_activities or settings.max_concurrent_activities

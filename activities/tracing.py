@@ -1,6 +1,7 @@
 """Tracing for the workers: a replay-safe OpenTelemetry TracerProvider (Temporal's), exporting where the
-OTEL_* environment or the caller says. It needs the Temporal SDK, so it lives beside the activities, not in
-the domain library (`darkfactory.telemetry` keeps logging and the trace ids in log lines)."""
+OTEL_* environment or the caller says (the spans themselves: activities/run_trace.py). It needs the Temporal
+SDK, so it lives beside the activities, not in the domain library (`darkfactory.telemetry` keeps logging and
+the trace ids in log lines)."""
 
 from __future__ import annotations
 

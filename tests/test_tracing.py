@@ -1,5 +1,6 @@
 """Traces of a run, read from an in-memory exporter: one trace from the client's start through the workflows,
-their activities and each model call, with real durations; log lines written inside a span carry its ids."""
+their activities and each model call, with real durations, and nothing else (queries made while it runs start
+no trace; a person's signal sent outside any span joins the run's); log lines written inside a span carry its ids."""
 
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.tracing import configure_tracing
-from darkfactory.constants import run_workflow_id
+from darkfactory.constants import run_workflow_id, task_workflow_id
+from darkfactory.contracts import DecisionInput, RunRequest, RunState
 from darkfactory.settings import TemporalSettings
 from darkfactory.telemetry import configure_logging
 from darkfactory.testing.loopback import LoopbackServer
-from tests.conftest import DEMO, request_for, run_to_end
+from tests.conftest import DEMO, escalation_of, factory_worker, request_for
+from tests.test_escalation import never_passing
 from tests.test_metrics import free_port, scrape, total
 from worker import connect
 from workflows import FactoryRunWorkflow
@@ -95,6 +99,33 @@ def duration_ns(span: ReadableSpan) -> int:
     return span.end_time - span.start_time
 
 
+async def watched_to_end(client: Client, home: Path, request: RunRequest) -> tuple[RunState, int]:
+    """Run `request` on a fresh task queue while polling it as `factory status` does (describe, then the status
+    query) at every new event of its history; the summary and how many status queries were made."""
+    task_queue = f"tq-{uuid.uuid4().hex}"
+    queries = 0
+    async with factory_worker(client, home, task_queue):
+        handle = await client.start_workflow(
+            FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=task_queue
+        )
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            if event.HasField("workflow_execution_completed_event_attributes"):
+                break
+            await handle.describe()
+            await handle.query(FactoryRunWorkflow.status)
+            queries += 1
+        return await handle.result(), queries
+
+
+def run_start(spans: list[ReadableSpan], request: RunRequest) -> ReadableSpan:
+    return next(
+        s
+        for s in spans
+        if s.name == "StartWorkflow:FactoryRunWorkflow"
+        and (s.attributes or {}).get("temporalWorkflowID") == run_workflow_id(request.run_id)
+    )
+
+
 def ancestry(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     """The names of `span` and its parents up to the trace's root."""
     names = [span.name]
@@ -104,7 +135,7 @@ def ancestry(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     return names
 
 
-async def test_a_run_is_one_trace_through_workflows_activities_and_model_calls(
+async def test_a_run_is_one_trace_through_workflows_activities_and_model_calls_and_status_queries_add_none(
     temporal_env: WorkflowEnvironment,
     factory_home: Path,
     demo_repo: Path,
@@ -114,19 +145,19 @@ async def test_a_run_is_one_trace_through_workflows_activities_and_model_calls(
     target = temporal_env.client.service_client.config.target_host
     client = await connect(TemporalSettings(address=target))
     request = request_for(demo_repo, f"scripted:{DEMO / 'transcript.json'}")
+    exporter.clear()  # every span from here on is this run's, or a query's made during it
 
-    summary = await run_to_end(client, factory_home, request)
+    summary, queries = await watched_to_end(client, factory_home, request)
 
     assert summary.succeeded, summary.error
-    every = exporter.get_finished_spans()
-    start = next(
-        s
-        for s in every
-        if s.name == "StartWorkflow:FactoryRunWorkflow"
-        and (s.attributes or {}).get("temporalWorkflowID") == run_workflow_id(request.run_id)
-    )
+    assert queries > 0
+    every = list(exporter.get_finished_spans())
+    start = run_start(every, request)
     trace_id = start.context.trace_id
-    spans = [s for s in every if s.context.trace_id == trace_id]
+    # One trace: the status queries (and describes) made while it ran started none of their own.
+    assert {s.context.trace_id for s in every} == {trace_id}, sorted({s.name for s in every if s.parent is None})
+    assert not [s.name for s in every if "Query" in s.name]
+    spans = every
     by_id = {s.context.span_id: s for s in spans}
     named = {name: [s for s in spans if s.name == name] for name in {s.name for s in spans}}
     assert start.parent is None  # the client's start is the root: nothing of the run is in another trace
@@ -170,6 +201,50 @@ async def test_a_run_is_one_trace_through_workflows_activities_and_model_calls(
     assert {line["trace_id"] for line in logged} == {format(trace_id, "032x")}
     assert {line["span_id"] for line in logged} <= {format(s.context.span_id, "016x") for s in agent_calls}
     assert all(line["activity"] == "agent_turn" for line in logged)
+    # A workflow's own log lines are in the run's trace too, with the workflow's ids beside them.
+    attempts = [line for line in lines if str(line.get("event", "")).startswith("attempt 1 of task add-slugify")]
+    assert attempts, [line.get("event") for line in lines if line.get("logger") == "temporalio.workflow"]
+    assert {line["trace_id"] for line in attempts} == {format(trace_id, "032x")}
+    assert {line["workflow_id"] for line in attempts} == {task_workflow_id(request.run_id, "add-slugify")}
+
+
+async def test_a_persons_signal_sent_outside_any_span_is_handled_in_the_runs_trace(
+    temporal_env: WorkflowEnvironment,
+    factory_home: Path,
+    demo_repo: Path,
+    exporter: InMemorySpanExporter,
+    tmp_path: Path,
+) -> None:
+    target = temporal_env.client.service_client.config.target_host
+    client = await connect(TemporalSettings(address=target))
+    request = request_for(demo_repo, f"scripted:{never_passing(tmp_path)}", ship="branch", max_attempts=2)
+    exporter.clear()
+    task_queue = f"tq-{uuid.uuid4().hex}"
+
+    async with factory_worker(client, factory_home, task_queue):
+        handle = await client.start_workflow(
+            FactoryRunWorkflow.run, request, id=run_workflow_id(request.run_id), task_queue=task_queue
+        )
+        await escalation_of(client, request.run_id, "add-slugify")  # polls the "progress" query meanwhile
+        # As `factory approve` sends it: from a client with tracing on, outside any span.
+        task = client.get_workflow_handle(task_workflow_id(request.run_id, "add-slugify"))
+        await task.signal("approve", DecisionInput(by="ana", note="known issue"))
+        summary = await handle.result()
+
+    slug = next(t for t in summary.tasks if t.id == "add-slugify")
+    assert [(d.action, d.by) for d in slug.decisions] == [("approve", "ana")]
+    every = list(exporter.get_finished_spans())
+    trace_id = run_start(every, request).context.trace_id
+    assert {s.context.trace_id for s in every} == {trace_id}, sorted({s.name for s in every if s.parent is None})
+    by_id = {s.context.span_id: s for s in every}
+    [approve] = [s for s in every if s.name == "HandleSignal:approve"]
+    assert ancestry(approve, by_id) == [
+        "HandleSignal:approve",
+        "StartChildWorkflow:TaskWorkflow",
+        "RunWorkflow:FactoryRunWorkflow",
+        "StartWorkflow:FactoryRunWorkflow",
+    ]
+    assert not [s.name for s in every if s.name.startswith(("SignalWorkflow:", "QueryWorkflow:", "HandleQuery:"))]
 
 
 async def test_factory_worker_exports_its_spans_over_otlp_in_the_callers_trace_and_serves_metrics(
@@ -210,12 +285,7 @@ async def test_factory_worker_exports_its_spans_over_otlp_in_the_callers_trace_a
 
     assert summary.succeeded, summary.error
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-2000:]
-    start = next(
-        s
-        for s in exporter.get_finished_spans()
-        if s.name == "StartWorkflow:FactoryRunWorkflow"
-        and (s.attributes or {}).get("temporalWorkflowID") == run_workflow_id(request.run_id)
-    )
+    start = run_start(list(exporter.get_finished_spans()), request)
     in_trace = [(name, ns) for name, trace_id, ns in received if trace_id == start.context.trace_id.to_bytes(16)]
     names = {name for name, _ in in_trace}
     assert {"RunWorkflow:FactoryRunWorkflow", "RunWorkflow:TaskWorkflow", "RunActivity:agent_turn"} <= names
