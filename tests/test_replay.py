@@ -10,7 +10,10 @@ one at a time and continues-as-new), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_serve.py -k labelled` (an issue's run that comments on
 the issue once, though the post is retried), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_budget.py -k starts_no_new_task` (a task refused a call by
-the run's budget, approved to go on; then the run starts no new task).
+the run's budget, approved to go on; then the run starts no new task), and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_run_status.py` (a run cancelled while its task waits for a
+person: the task tells the run what it spent and closes Canceled; and a run whose gated tasks wait for their
+merge and close `merged`).
 """
 
 from __future__ import annotations
