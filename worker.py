@@ -11,20 +11,12 @@ import asyncio
 import concurrent.futures
 import os
 import signal
-import sys
-import traceback
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
 import structlog
 import typer
 from pydantic import SecretStr
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, Plugin
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import Runtime
-from temporalio.service import TLSConfig
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.audit import AuditActivities, AuditInterceptor
@@ -34,25 +26,18 @@ from activities.logging_setup import sdk_context_as_fields
 from activities.metrics import METRICS_BIND_ENV, MetricsBindError, MetricsEndpoint, serve_metrics
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
-from activities.tracing import configure_tracing, shutdown_tracing
 from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
 from darkfactory.blobs import BlobStore
-from darkfactory.constants import QUEUE_CLASSES, SEARCH_ATTRIBUTES, TASK_QUEUE, queue_name
+from darkfactory.constants import QUEUE_CLASSES, TASK_QUEUE, queue_name
 from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
 from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.telemetry import configure_logging
+from factory_cli.session import connect, ensure_search_attributes, exit_cleanly
 from workflows import WORKFLOWS
 
 log = structlog.get_logger(__name__)
-
-_INDEXED_TYPES = {
-    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    "Bool": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-    "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
-    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-}
 
 
 class ModelClients:
@@ -81,66 +66,6 @@ class ModelClients:
             if close is not None:
                 await close()
         self._clients.clear()
-
-
-def tracing_plugins() -> list[Plugin]:
-    """The run-trace plugin (Temporal's OpenTelemetry spans, one trace per run), when the OTEL_* environment asks
-    for traces (or a test installed them).
-
-    Temporal's plugin, not its older TracingInterceptor: its workflow spans last as long as the workflow (the
-    interceptor's end at once), and it is replay-safe. Workers built on the client inherit it.
-    """
-    if not configure_tracing("darkfactory"):
-        return []
-    from activities.run_trace import RunTracePlugin
-
-    return [RunTracePlugin()]
-
-
-async def connect(settings: TemporalSettings, address: str | None = None, *, runtime: Runtime | None = None) -> Client:
-    """A client for `address` (default: TEMPORAL_ADDRESS), with TLS / API key from the environment.
-
-    `runtime` carries the metrics exporter (see `activities.metrics.serve_metrics`); workers built on
-    this client report through it. None: the SDK's default runtime, no metrics endpoint.
-    """
-    target = address or settings.address
-    if not target:
-        raise ValueError("no Temporal address: set TEMPORAL_ADDRESS or start the embedded server")
-    tls: TLSConfig | bool = False
-    if settings.use_tls:
-        tls = TLSConfig(
-            server_root_ca_cert=settings.tls_ca.read_bytes() if settings.tls_ca else None,
-            client_cert=settings.tls_cert.read_bytes() if settings.tls_cert else None,
-            client_private_key=settings.tls_key.read_bytes() if settings.tls_key else None,
-        )
-    return await Client.connect(
-        target,
-        namespace=settings.namespace,
-        api_key=settings.api_key,
-        tls=tls,
-        data_converter=pydantic_data_converter,
-        plugins=tracing_plugins(),
-        runtime=runtime,
-    )
-
-
-async def ensure_search_attributes(client: Client) -> None:
-    """Register FactoryStatus / FactoryNeedsReview / FactoryRepo if the server lacks them.
-
-    Workflows upsert them; on a server without them the upsert would fail every workflow task.
-    """
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
-    )
-    missing = {name: kind for name, kind in SEARCH_ATTRIBUTES.items() if name not in listed.custom_attributes}
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={name: _INDEXED_TYPES[kind] for name, kind in missing.items()},
-            )
-        )
-        log.info("search_attributes_registered", names=sorted(missing))
 
 
 class FactoryWorkers:
@@ -348,28 +273,6 @@ def serve(
             task_queue, max_concurrent, classes, credentials=credentials, degraded_sandbox=degraded, metrics=metrics
         )
     )
-
-
-def exit_cleanly(run: Callable[[], object]) -> NoReturn:
-    """Run a CLI and leave with its exit code through os._exit.
-
-    The SDK's Rust core can abort the interpreter at exit (sdk-python#300; 2 in 20 runs measured in
-    temporal-sdk-facts §8.3), turning a success into SIGABRT. Flushing and `os._exit` skips that teardown.
-    """
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
-        code = 130
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    shutdown_tracing()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

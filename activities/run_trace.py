@@ -1,6 +1,6 @@
 """One trace per run: Temporal's OpenTelemetry spans, without the traces that reads and unparented signals start.
 
-Imported only when tracing is on (worker.tracing_plugins), so a CLI without OTEL_* loads none of it.
+Imported only when tracing is on (factory_cli.session._tracing_plugins), so a CLI without OTEL_* loads none of it.
 """
 
 from __future__ import annotations

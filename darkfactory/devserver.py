@@ -34,6 +34,8 @@ from darkfactory.constants import DEFAULT_NAMESPACE, DEFAULT_UI_PORT, SEARCH_ATT
 ENV_HOME = "DARKFACTORY_HOME"
 ENV_DEV_PORT = "DARKFACTORY_DEV_PORT"
 ENV_DEV_UI_PORT = "DARKFACTORY_DEV_UI_PORT"
+DEFAULT_PORT = 7233
+"""The embedded server's frontend port when `DARKFACTORY_DEV_PORT` is unset (the UI's: `DEFAULT_UI_PORT`)."""
 
 STOP_TIMEOUT_S = 10.0
 """SIGTERM grace period. A clean shutdown measured ~2.3 s (it drains its internal workers first)."""
@@ -55,7 +57,7 @@ class DevServerConfig(BaseModel):
     """The factory's data directory; the server keeps its files in `data_dir/temporal/`."""
     ip: str = "127.0.0.1"
     """Address the frontend and UI bind to. Loopback by default: the dev server has no auth."""
-    port: int = Field(default=7233, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """Frontend gRPC port (what workers and clients dial)."""
     ui_port: int = Field(default=DEFAULT_UI_PORT, ge=1, le=65535)
     """Web UI port."""
@@ -79,13 +81,8 @@ class DevServerConfig(BaseModel):
 
         The variables let tests and a second user on the same host run their own server side by side.
         """
-        env = os.environ if environ is None else environ
-        ports: dict[str, int] = {}
-        for field, var in (("port", ENV_DEV_PORT), ("ui_port", ENV_DEV_UI_PORT)):
-            raw = env.get(var, "").strip()
-            if raw:
-                ports[field] = _parse_port(var, raw)
-        return cls(data_dir=data_dir, **ports)
+        port, ui_port = dev_ports(environ)
+        return cls(data_dir=data_dir, port=port, ui_port=ui_port)
 
     @property
     def address(self) -> str:
@@ -127,13 +124,25 @@ class DevServerStatus(BaseModel):
     db_path: Path
 
 
-def _parse_port(var: str, raw: str) -> int:
+def dev_ports(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The embedded server's frontend and UI ports: `DARKFACTORY_DEV_PORT` / `DARKFACTORY_DEV_UI_PORT`, or
+    7233 and 8233. Cheap (no config, no paths), so help texts can show the ports in force."""
+    env = os.environ if environ is None else environ
+    ports = []
+    for var, default in ((ENV_DEV_PORT, DEFAULT_PORT), (ENV_DEV_UI_PORT, DEFAULT_UI_PORT)):
+        raw = env.get(var, "").strip()
+        ports.append(_parse_port(var, raw, default) if raw else default)
+    return ports[0], ports[1]
+
+
+def _parse_port(var: str, raw: str, default: int) -> int:
+    what_to_do = f"set it to an integer 1-65535, or unset it for {default}"
     try:
         port = int(raw)
     except ValueError:
-        raise ValueError(f"{var}={raw!r} is not a port number (expected an integer 1-65535)") from None
+        raise ValueError(f"{var}: {raw!r} is not a port number; {what_to_do}") from None
     if not 1 <= port <= 65535:
-        raise ValueError(f"{var}={raw!r} is out of range (expected an integer 1-65535)")
+        raise ValueError(f"{var}: {raw!r} is out of range; {what_to_do}")
     return port
 
 

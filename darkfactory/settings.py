@@ -6,9 +6,12 @@ everything they need as input.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from darkfactory.constants import DEFAULT_NAMESPACE
@@ -31,6 +34,14 @@ class FactorySettings(BaseSettings):
     """Cap on model calls per second across the whole queue (`DARKFACTORY_MODEL_CALLS_PER_SECOND`)."""
     gate_concurrency: int | None = None
     """Gate runs at once per worker process; None: the number of cores."""
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_not_empty(cls, value: object) -> object:
+        # `DARKFACTORY_HOME=` would be the current directory: blobs and worktrees wherever the command ran.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is set but empty; set it to a directory, or unset it for the default")
+        return value
 
     @property
     def blobs_dir(self) -> Path:
@@ -73,6 +84,24 @@ class TemporalSettings(BaseSettings):
     tls_ca: Path | None = None
     """`TEMPORAL_TLS_CA`: root CA of the server."""
 
+    @field_validator("address", mode="before")
+    @classmethod
+    def _host_and_port(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None  # set but empty: unset, as Temporal's CLI takes it
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not host:port; give it like 127.0.0.1:7233 or my-ns.a1b2c.tmprl.cloud:7233")
+        return value
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _default_when_empty(cls, value: object) -> object:
+        return (value.strip() or DEFAULT_NAMESPACE) if isinstance(value, str) else value
+
     @property
     def remote(self) -> bool:
         return bool(self.address)
@@ -80,6 +109,99 @@ class TemporalSettings(BaseSettings):
     @property
     def use_tls(self) -> bool:
         return self.tls or self.api_key is not None or self.tls_cert is not None or self.tls_ca is not None
+
+
+class SettingsError(ValueError):
+    """A setting from the environment or a flag is invalid; the message names it and says what to do."""
+
+
+_SECRETISH = re.compile(r"key|token|secret|password", re.IGNORECASE)
+"""Fields whose values an error never echoes."""
+
+
+def validation_problems(exc: ValidationError, name: Callable[[str], str] = str) -> list[str]:
+    """`NAME: what is wrong; what to do`, one line per problem, from a pydantic error (without its type
+    tags, echoed input or documentation links). `name` turns a field path (`max_parallel`,
+    `timeouts.plan_s`) into what the person typed: a flag, a variable, a policy key."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"]) or "(input)"
+        lines.append(f"{name(path)}: {_explain(error, echo=not _SECRETISH.search(path))}")
+    return lines
+
+
+def _explain(error: Mapping[str, Any], echo: bool) -> str:
+    ctx = error.get("ctx") or {}
+    shown = echo and "input" in error and not isinstance(error["input"], dict | list)
+    got = f" (got {error['input']!r})" if shown else ""
+    kind = error["type"]
+    if kind == "value_error":  # our own validators' messages already say what to do
+        return str(ctx.get("error") or error["msg"])
+    bounds = {
+        "greater_than_equal": ("at least {}", "use {} or more"),
+        "greater_than": ("more than {}", "use more than {}"),
+        "less_than_equal": ("at most {}", "use {} or less"),
+        "less_than": ("less than {}", "use less than {}"),
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        wrong, fix = bounds[kind]
+        return f"must be {wrong.format(limit)}{got}; {fix.format(limit)}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"is not a whole number{got}; give one like 4"
+    if kind in ("float_parsing", "float_type"):
+        return f"is not a number{got}; give one like 0.5"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"is not true or false{got}; use true, false, 1 or 0"
+    if kind == "literal_error":
+        return f"is not one of {ctx.get('expected')}{got}; use one of those"
+    if kind == "missing":
+        return "is required; give it"
+    if kind == "extra_forbidden":
+        return "is not a known setting; check its spelling"
+    message = str(error["msg"])
+    return f"{message[:1].lower()}{message[1:]}{got}; fix the value"
+
+
+_ENV_PREFIXES = {"FactorySettings": "DARKFACTORY_", "TemporalSettings": "TEMPORAL_"}
+"""Settings class name (a ValidationError's title) -> its variables' prefix, to name the variable a person set."""
+
+
+def is_settings_error(exc: ValidationError) -> bool:
+    """Whether the error is one of these settings classes' (read from the environment), not another model's."""
+    return exc.title in _ENV_PREFIXES
+
+
+def _env_name(settings_class: str, field: str) -> str:
+    return f"{_ENV_PREFIXES[settings_class]}{field.upper()}" if settings_class in _ENV_PREFIXES else field
+
+
+def settings_problems(exc: ValidationError, overrides: Mapping[str, str] | None = None) -> SettingsError:
+    """A settings class's ValidationError as a SettingsError naming the variables (or the flags in
+    `overrides`, field -> flag, when the value came from one)."""
+    flags = overrides or {}
+    lines = validation_problems(exc, lambda field: flags.get(field) or _env_name(exc.title, field))
+    return SettingsError("\n".join(lines))
+
+
+def load_factory_settings() -> FactorySettings:
+    """FactorySettings from the environment; `SettingsError` (fit to print) when a variable is invalid."""
+    try:
+        return FactorySettings()
+    except ValidationError as exc:
+        raise settings_problems(exc) from None
+
+
+def load_temporal_settings(address: str | None = None, namespace: str | None = None) -> TemporalSettings:
+    """TemporalSettings from the environment, `address` and `namespace` (the `--address` / `--namespace`
+    flags) winning over TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE; `SettingsError` when a value is invalid."""
+    given: dict[str, Any] = {
+        name: value for name, value in (("address", address), ("namespace", namespace)) if value is not None
+    }
+    try:
+        return TemporalSettings(**given)
+    except ValidationError as exc:
+        raise settings_problems(exc, {name: f"--{name}" for name in given}) from None
 
 
 class CredentialsError(ValueError):

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from darkfactory import audit as trail
-from darkfactory.settings import FactorySettings
-from darkfactory.triggers.ids import run_id_of_workflow
 from factory_cli.session import fail
+
+if TYPE_CHECKING:
+    from darkfactory.audit import AuditEntry
 
 app = typer.Typer()
 
 
-def _what(entry: trail.AuditEntry) -> str:
+def _what(entry: AuditEntry) -> str:
     data = entry.data
     if entry.kind == "model_call":
         cost = data.get("cost_usd")
@@ -34,13 +33,20 @@ def _what(entry: trail.AuditEntry) -> str:
 
 @app.command("audit")
 def show(
-    run_id: str = typer.Argument(..., help="The run id (or its workflow id)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id (or its workflow id)."),
     check: bool = typer.Option(False, "--verify", help="Check the hash chain; exit 1 if any line was changed."),
     as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON lines."),
 ) -> None:
     """Show a run's audit trail: every model call, tool call, gate, decision and ship action."""
+    from darkfactory import audit as trail
+    from darkfactory.settings import SettingsError, load_factory_settings
+    from darkfactory.triggers.ids import run_id_of_workflow
+
     run_id = run_id_of_workflow(run_id) if run_id.startswith("run-") else run_id
-    home = FactorySettings().home
+    try:
+        home = load_factory_settings().home
+    except SettingsError as exc:
+        fail(str(exc))
     path = trail.trail_path(home, run_id)
     if not path.exists():
         fail(f"no audit trail for run {run_id} at {path}; runs write it in DARKFACTORY_HOME on the workers")
@@ -60,6 +66,9 @@ def show(
         for entry in entries:
             print(json.dumps(entry.model_dump(mode="json")))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"audit trail of {run_id} ({len(entries)} entries)")
     for column in ("#", "at", "kind", "where", "what"):
         table.add_column(column)

@@ -16,44 +16,20 @@ import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import (
-    Client,
-    WorkflowExecutionDescription,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from darkfactory.constants import TASK_QUEUE
-from darkfactory.contracts import (
-    BACKLOG_MEMO,
-    DEFAULT_PRIORITY,
-    ITEM_ID_PATTERN,
-    MAX_CONCURRENCY,
-    BacklogAdd,
-    BacklogInput,
-    BacklogItem,
-    BacklogSettings,
-    BacklogState,
-    BacklogView,
-    HoursWindow,
-    ItemView,
-    RunRequest,
-    backlog_view,
-    backlog_workflow_id,
-)
-from factory_cli.inputs import build_request
 from factory_cli.session import UsageError, fail, open_session
-from workflows import BacklogWorkflow
-from workflows.search_attributes import REPO
+
+if TYPE_CHECKING:
+    from temporalio.client import Client, WorkflowExecutionDescription
+
+    from darkfactory.contracts import BacklogAdd, BacklogView, HoursWindow, ItemView, RunRequest
+
+# The Temporal SDK, the contracts and the workflows are imported where they are used, so listing the
+# commands stays cheap.
 
 app = typer.Typer()
 group = typer.Typer(
@@ -71,6 +47,8 @@ UPDATE_TIMEOUT = timedelta(seconds=30)
 
 def parse_hours(text: str) -> HoursWindow | None:
     """`22-06` (UTC, may wrap midnight); `any` lifts the window (None)."""
+    from darkfactory.contracts import HoursWindow
+
     value = text.strip().lower()
     if value in _NO_WINDOW:
         return None
@@ -107,13 +85,15 @@ def add(
     spec_path: str | None = typer.Option(
         None, help="A spec file inside the repository, read at the run's base commit when it starts."
     ),
-    priority: int = typer.Option(DEFAULT_PRIORITY, help="Lower runs first; equal priorities in the order added."),
+    priority: int | None = typer.Option(
+        None, help="Lower runs first; equal priorities in the order added (default: the backlog's default, 100)."
+    ),
     base: str = typer.Option("main", help="Branch the run builds on."),
     ship: str = typer.Option("branch", help="branch, merge, push or pr (as for factory run)."),
     model: str | None = typer.Option(None, help="Claude model, or scripted:PATH."),
     max_attempts: int | None = typer.Option(None, help="Attempts per task before it escalates."),
     concurrency: int | None = typer.Option(
-        None, min=1, max=MAX_CONCURRENCY, help="Set the backlog's runs at once (default 1; it stays until changed)."
+        None, help="Set the backlog's runs at once, 1 to 32 (default 1; it stays until changed)."
     ),
     hours: str | None = typer.Option(
         None, help="Set the UTC hours runs may start in, like 22-06 (kept until changed); `any` lifts it."
@@ -122,6 +102,11 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Print the queued item as JSON."),
 ) -> None:
     """Queue a spec in the repository's backlog (starting the backlog if it has none)."""
+    from pydantic import ValidationError
+
+    from darkfactory.contracts import DEFAULT_PRIORITY, BacklogAdd, BacklogItem
+    from factory_cli.inputs import build_request, explain_invalid
+
     try:
         if sum(given is not None for given in (spec, spec_text, spec_path)) != 1:
             raise UsageError("give exactly one of --spec FILE, --spec-text TEXT or --spec-path PATH_IN_REPO")
@@ -130,10 +115,18 @@ def add(
             repo, spec, spec_text, base, ship, model, None, max_attempts, 30,
             trigger="backlog", spec_path=spec_path, served_here=False,
         )  # fmt: skip
-        item = BacklogItem(item_id=new_item_id(), priority=priority, title=title_of(request), request=request)
-        signal = BacklogAdd(
-            item=item, concurrency=concurrency, hours=window, any_hours=hours is not None and not window
-        )
+        try:
+            item = BacklogItem(
+                item_id=new_item_id(),
+                priority=DEFAULT_PRIORITY if priority is None else priority,
+                title=title_of(request),
+                request=request,
+            )
+            signal = BacklogAdd(
+                item=item, concurrency=concurrency, hours=window, any_hours=hours is not None and not window
+            )
+        except ValidationError as exc:
+            raise UsageError(explain_invalid(exc, {"priority": "--priority", "concurrency": "--concurrency"})) from None
         workflow_id = asyncio.run(_add(signal, task_queue))
     except UsageError as exc:
         fail(str(exc))
@@ -149,6 +142,13 @@ def add(
 
 async def add_item(client: Client, signal: BacklogAdd, task_queue: str = TASK_QUEUE) -> str:
     """Signal-with-start the repository's backlog with `signal`; the backlog's workflow id."""
+    from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+    from temporalio.service import RPCError
+
+    from darkfactory.constants import SA_REPO
+    from darkfactory.contracts import BacklogInput, BacklogSettings, backlog_workflow_id
+    from workflows import BacklogWorkflow
+
     repo_path = signal.item.request.repo_path
     workflow_id = backlog_workflow_id(repo_path)
     # Only a new backlog takes these start settings; a running one takes the signal's.
@@ -161,7 +161,9 @@ async def add_item(client: Client, signal: BacklogAdd, task_queue: str = TASK_QU
             task_queue=task_queue,
             start_signal="add",
             start_signal_args=[signal],
-            search_attributes=TypedSearchAttributes([SearchAttributePair(REPO, repo_path)]),
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(SearchAttributeKey.for_keyword(SA_REPO), repo_path)]
+            ),
         )
     except RPCError as exc:
         raise UsageError(f"Temporal refused the backlog of {repo_path}: {exc.message}") from None
@@ -191,6 +193,10 @@ def list_backlog(
 
 async def read_backlog(client: Client, repo_path: str) -> dict[str, Any] | None:
     """The backlog as its memo says, with adds no worker has seen yet; None when the repository has none."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from darkfactory.contracts import BACKLOG_MEMO, BacklogView, ItemView, backlog_workflow_id
+
     workflow_id = backlog_workflow_id(repo_path)
     try:
         description = await client.get_workflow_handle(workflow_id).describe()
@@ -229,6 +235,10 @@ async def _unseen(
 ) -> tuple[BacklogView, list[BacklogAdd]]:
     """The `add` signals after the last completed workflow task of the current run (no worker has seen them),
     and the view when no worker has published one yet (the run's input)."""
+    from temporalio.api.enums.v1 import EventType
+
+    from darkfactory.contracts import BacklogAdd, BacklogInput, BacklogState, backlog_view
+
     handle = client.get_workflow_handle(description.id, run_id=description.run_id)
     pending: list[BacklogAdd] = []
     async for event in handle.fetch_history_events():
@@ -249,6 +259,8 @@ async def _unseen(
 
 
 async def _list(repo_path: str) -> dict[str, Any]:
+    from darkfactory.contracts import backlog_workflow_id
+
     session = await open_session()
     try:
         listing = await read_backlog(session.client, repo_path)
@@ -261,6 +273,9 @@ async def _list(repo_path: str) -> dict[str, Any]:
 
 
 def _print_listing(listing: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(highlight=False)
     if listing["execution"] == "none":
         console.print(
@@ -302,6 +317,8 @@ def remove(
     repo: Path = typer.Option(..., help="The repository whose backlog holds the item."),
 ) -> None:
     """Take a queued item off the backlog before it starts (a started one is cancelled with `factory cancel`)."""
+    from darkfactory.contracts import ITEM_ID_PATTERN
+
     repo_path = repo_path_of(repo)
     try:
         if not re.match(ITEM_ID_PATTERN, item_id):
@@ -314,6 +331,13 @@ def remove(
 
 async def remove_item(client: Client, repo_path: str, item_id: str) -> ItemView:
     """Remove a queued item (UsageError naming why not: no backlog, unknown or started item, no worker)."""
+    from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+    from temporalio.exceptions import ApplicationError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from darkfactory.contracts import backlog_workflow_id
+    from workflows import BacklogWorkflow
+
     handle = client.get_workflow_handle_for(BacklogWorkflow.run, backlog_workflow_id(repo_path))
     hint = f"`factory backlog list --repo {repo_path}` shows the queue"
     try:

@@ -10,10 +10,7 @@ import tempfile
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from factory_cli.inputs import build_request
-from factory_cli.runs import run_and_watch
 from factory_cli.session import UsageError, fail
 
 app = typer.Typer()
@@ -26,6 +23,11 @@ def demo(
     keep: bool = typer.Option(False, help="Keep the demo repository instead of deleting it afterwards."),
 ) -> None:
     """Run the offline demo: a sample repo, a two-task spec and a scripted model (no API key needed)."""
+    from rich.console import Console
+
+    from factory_cli.inputs import build_request
+    from factory_cli.runs import run_and_watch
+
     source = DEMO_FILES / "repo"
     if not source.is_dir():
         fail(f"demo files are missing at {source}; reinstall darkfactory (pip install --force-reinstall darkfactory)")

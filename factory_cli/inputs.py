@@ -10,18 +10,50 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from darkfactory.constants import DEFAULT_MODEL
-from darkfactory.contracts import IssueRef, RunConfig, RunRequest, ShipMode, Trigger, slugify_run_id
-from darkfactory.policy import POLICY_PATH, Policy, PolicyError, parse_policy
-from darkfactory.sandbox import worker_secret_values
-from darkfactory.scripted import ScriptedTranscript
-from darkfactory.settings import CredentialsError, TemporalSettings, load_credentials
-from darkfactory.strict_sandbox import DegradedSandbox, run_opt_out
-from darkfactory.untrusted import clean_untrusted
-from darkfactory.workspace import TargetError, read_file_at, validate_target
-from factory_cli.session import UsageError
+from factory_cli.session import UsageError, is_remote
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from darkfactory.contracts import IssueRef, RunRequest, ShipMode, Trigger
+    from darkfactory.policy import Policy
+
+# The checks' modules (git, the policy, the sandbox, the secret scanners) are imported by the functions that
+# use them: every command group imports this module, and `factory --help` should not pay for them.
+
+SHIP_MODES = ("branch", "merge", "push", "pr")
+FLAGS = {
+    "repo_path": "--repo",
+    "base_branch": "--base",
+    "run_id": "--run-id",
+    "spec": "the spec",
+    "spec_path": "--spec-path",
+    "acceptance_tests": "--acceptance-tests",
+    "config.model": "--model",
+    "config.ship": "--ship",
+    "config.max_attempts": "--max-attempts",
+    "config.max_turns": "--max-turns",
+    "config.max_parallel": "--max-parallel",
+    "config.remote": "--remote",
+    "config.github_repo": "--github-repo",
+}
+"""A RunRequest's fields as the options of `factory run` (and the triggers') that set them."""
+
+
+def flag_of(field: str) -> str:
+    """The option that sets `field` of a RunRequest (`config.max_parallel` -> `--max-parallel`)."""
+    return FLAGS.get(field) or FLAGS.get(f"config.{field}") or "--" + field.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def explain_invalid(exc: ValidationError, flag: dict[str, str] | None = None) -> str:
+    """A contract's ValidationError as `error:` lines naming the options (`--max-parallel: must be at least 1
+    (got 0); ...`), without pydantic's type tags and links. `flag` names fields this module does not know."""
+    from darkfactory.settings import validation_problems
+
+    names = flag or {}
+    return "\n".join(validation_problems(exc, lambda field: names.get(field) or flag_of(field)))
 
 
 def read_spec(spec: Path | None, spec_text: str | None) -> str:
@@ -43,6 +75,8 @@ def read_spec(spec: Path | None, spec_text: str | None) -> str:
 def read_spec_in_repo(repo_path: str, base: str, spec_path: str) -> str:
     """A spec file committed in the repository, as it is at the tip of `base` now (runs read it again at
     their own base commit)."""
+    from darkfactory.workspace import TargetError, read_file_at, validate_target
+
     if spec_path.startswith("/") or ".." in Path(spec_path).parts or not spec_path.strip():
         raise UsageError(f"--spec-path {spec_path!r} must be a path inside the repository, like specs/weekly.md")
     try:
@@ -57,6 +91,10 @@ def read_spec_in_repo(repo_path: str, base: str, spec_path: str) -> str:
 
 
 def resolve_model(model: str | None, remote: bool) -> str:
+    from darkfactory.constants import DEFAULT_MODEL
+    from darkfactory.scripted import ScriptedTranscript
+    from darkfactory.settings import CredentialsError, load_credentials
+
     chosen = model or os.environ.get("DARKFACTORY_MODEL") or DEFAULT_MODEL
     if chosen.startswith("scripted:"):
         path = Path(chosen.removeprefix("scripted:")).expanduser().resolve()
@@ -92,12 +130,17 @@ def read_acceptance_tests(directory: Path | None) -> dict[str, str]:
 
 
 def new_run_id(spec: str) -> str:
+    from darkfactory.contracts import slugify_run_id
+
     first_line = next((line for line in spec.splitlines() if line.strip()), "run")
     return f"{slugify_run_id(first_line.lstrip('# '))[:32]}-{secrets.token_hex(3)}"
 
 
 def read_target_policy(repo_path: str, base: str) -> Policy:
     """The target's policy at the tip of `base` (what the run will use); the repo and branch must exist."""
+    from darkfactory.policy import POLICY_PATH, PolicyError, parse_policy
+    from darkfactory.workspace import TargetError, read_file_at, validate_target
+
     try:
         base_sha = validate_target(repo_path, base)
         return parse_policy(read_file_at(repo_path, base_sha, POLICY_PATH), f"{POLICY_PATH} on {base}")
@@ -129,14 +172,22 @@ def build_request(
     """`served_here`: this process's own worker runs the run (default: in local mode). When not, the workers
     hold the credentials and check their own sandbox, so neither is asked of this process (triggers).
     `spec_path` names a spec file in the repository, read at each run's base commit instead of `spec`."""
+    from pydantic import ValidationError
+
+    from darkfactory.contracts import RunConfig, RunRequest
+    from darkfactory.sandbox import worker_secret_values
+    from darkfactory.strict_sandbox import DegradedSandbox, run_opt_out
+    from darkfactory.untrusted import clean_untrusted
+
+    # The cheap checks first: a mistyped option is named before any git or file work.
+    if ship not in SHIP_MODES:
+        raise UsageError(f"--ship: {ship!r} is not a ship mode; use {', '.join(SHIP_MODES)}")
+    ship_mode = cast("ShipMode", ship)
     repo_path = str(repo.expanduser().resolve())
     policy = read_target_policy(repo_path, base)
     raw = read_spec_in_repo(repo_path, base, spec_path) if spec_path is not None else read_spec(spec, spec_text)
-    if ship not in ("branch", "merge", "push", "pr"):
-        raise UsageError(f"--ship {ship!r} is not a ship mode; use branch, merge, push or pr")
-    ship_mode = cast(ShipMode, ship)
     if served_here is None:
-        served_here = not TemporalSettings().remote
+        served_here = not is_remote()
     chosen = resolve_model(model, remote=not served_here)  # loads the credentials, files included
     # The spec is untrusted input: secrets and hidden text go before the workflow's history, a blob or a
     # prompt can hold them (the summary says what was removed). A spec in the repository is cleaned by the
@@ -176,5 +227,7 @@ def build_request(
             config=config,
             acceptance_tests=read_acceptance_tests(acceptance_tests),
         )
+    except ValidationError as exc:
+        raise UsageError(explain_invalid(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

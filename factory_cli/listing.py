@@ -7,17 +7,15 @@ import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from temporalio.client import Client
 
 from darkfactory.constants import SA_REPO, SA_STATUS, SA_TRIGGER
-from darkfactory.triggers.ids import run_id_of_workflow
 from factory_cli.session import UsageError, fail, open_session
-from workflows.search_attributes import REPO, STATUS, TRIGGER
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 app = typer.Typer()
 
@@ -39,6 +37,12 @@ def runs_query(repo: str | None = None, status: str | None = None, trigger: str 
 
 
 async def list_runs(client: Client, query: str, limit: int) -> list[dict[str, Any]]:
+    from temporalio.common import SearchAttributeKey
+
+    from darkfactory.triggers.ids import run_id_of_workflow
+
+    # The keys spelled here, not imported from `workflows`: that would load every workflow to list them.
+    repo, status, trigger = (SearchAttributeKey.for_keyword(name) for name in (SA_REPO, SA_STATUS, SA_TRIGGER))
     found: list[dict[str, Any]] = []
     async for execution in client.list_workflows(query, limit=limit):
         attributes = execution.typed_search_attributes
@@ -46,10 +50,10 @@ async def list_runs(client: Client, query: str, limit: int) -> list[dict[str, An
             {
                 "run_id": run_id_of_workflow(execution.id),
                 "workflow_id": execution.id,
-                "trigger": attributes.get(TRIGGER) or "cli",
-                "status": attributes.get(STATUS) or "",
+                "trigger": attributes.get(trigger) or "cli",
+                "status": attributes.get(status) or "",
                 "execution": execution.status.name.lower() if execution.status is not None else "unknown",
-                "repo": attributes.get(REPO) or "",
+                "repo": attributes.get(repo) or "",
                 "started": _iso(execution.start_time),
                 "closed": _iso(execution.close_time),
             }
@@ -79,6 +83,9 @@ def runs_command(
     if as_json:
         print(json.dumps(found, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     if not found:
         console.print("No runs match.", highlight=False)

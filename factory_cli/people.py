@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
 from darkfactory.constants import SA_NEEDS_REVIEW, run_workflow_id, task_workflow_id
-from darkfactory.contracts import DecisionInput
-from darkfactory.triggers.ids import run_id_of_workflow
 from factory_cli.session import UsageError, fail, find_run, open_session
+
+if TYPE_CHECKING:
+    from darkfactory.contracts import DecisionInput
 
 app = typer.Typer()
 
@@ -26,7 +24,10 @@ QUEUE_QUERY = f'{SA_NEEDS_REVIEW} = true AND ExecutionStatus = "Running"'
 @app.command()
 def queue(as_json: bool = typer.Option(False, "--json", help="Print the waiting tasks as JSON.")) -> None:
     """List every task waiting for a person, across runs (run, task, reason, since when)."""
-    waiting = asyncio.run(list_waiting())
+    from rich.console import Console
+    from rich.table import Table
+
+    waiting, signal_example = asyncio.run(list_waiting())
     if as_json:
         print(json.dumps(waiting, indent=2))
         return
@@ -41,9 +42,12 @@ def queue(as_json: bool = typer.Option(False, "--json", help="Print the waiting 
         table.add_row(item["run_id"], item["task_id"] or "(run)", item["since"], item["reason"])
     console.print(table)
     console.print(f"Answer with: factory approve|reject|retry RUN TASK [--note TEXT]   (web UI filter: {QUEUE_QUERY})")
+    console.print(f"or a Temporal signal: {signal_example}", highlight=False, markup=False, soft_wrap=True)
 
 
-async def list_waiting() -> list[dict[str, str]]:
+async def list_waiting() -> tuple[list[dict[str, str]], str]:
+    """The waiting tasks, oldest first, and the `temporal workflow signal` that answers the first of them,
+    aimed at the server in use."""
     session = await open_session()
     waiting = []
     async for execution in session.client.list_workflows(QUEUE_QUERY):
@@ -59,10 +63,17 @@ async def list_waiting() -> list[dict[str, str]]:
                 "deadline": str(escalation.get("deadline") or ""),
             }
         )
-    return sorted(waiting, key=lambda item: item["since"])
+    waiting.sort(key=lambda item: item["since"])
+    workflow_id = waiting[0]["workflow_id"] if waiting else "run-RUN-task-TASK"
+    example = session.temporal_command(
+        "workflow", "signal", "--workflow-id", workflow_id, "--name", "approve", "--input", """'{"by": "ana"}'"""
+    )
+    return waiting, example
 
 
 def _decide(action: str, run_id: str, task_id: str, note: str, by: str | None) -> None:
+    from darkfactory.contracts import DecisionInput
+
     try:
         asyncio.run(send_decision(action, run_id, task_id, DecisionInput(note=note, by=by or getpass.getuser())))
     except UsageError as exc:
@@ -71,6 +82,11 @@ def _decide(action: str, run_id: str, task_id: str, note: str, by: str | None) -
 
 
 async def send_decision(action: str, run_id: str, task_id: str, decision: DecisionInput) -> None:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from darkfactory.triggers.ids import run_id_of_workflow
+
     session = await open_session()
     # A schedule tick's run may be named by its workflow id; its tasks' ids derive from its run id.
     run_workflow = await find_run(session.client, run_id) or run_workflow_id(run_id)
@@ -89,8 +105,10 @@ async def send_decision(action: str, run_id: str, task_id: str, decision: Decisi
 
 @app.command()
 def approve(
-    run_id: str = typer.Argument(..., help="The run id."),
-    task_id: str = typer.Argument("", help="The task id (none: the run itself, waiting after a rollback)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id."),
+    task_id: str = typer.Argument(
+        "", metavar="TASK_ID", help="The task id (none: the run itself, waiting after a rollback)."
+    ),
     note: str = typer.Option("", help="Why."),
     by: str | None = typer.Option(None, help="Who decides (default: your user name)."),
 ) -> None:
@@ -100,8 +118,10 @@ def approve(
 
 @app.command()
 def reject(
-    run_id: str = typer.Argument(..., help="The run id."),
-    task_id: str = typer.Argument("", help="The task id (none: the run itself, waiting after a rollback)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id."),
+    task_id: str = typer.Argument(
+        "", metavar="TASK_ID", help="The task id (none: the run itself, waiting after a rollback)."
+    ),
     note: str = typer.Option("", help="Why."),
     by: str | None = typer.Option(None, help="Who decides (default: your user name)."),
 ) -> None:
@@ -111,8 +131,8 @@ def reject(
 
 @app.command()
 def retry(
-    run_id: str = typer.Argument(..., help="The run id."),
-    task_id: str = typer.Argument(..., help="The task id."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id."),
+    task_id: str = typer.Argument(..., metavar="TASK_ID", help="The task id."),
     note: str = typer.Option(..., help="Guidance for the next attempt; it reaches the next model request."),
     by: str | None = typer.Option(None, help="Who decides (default: your user name)."),
 ) -> None:

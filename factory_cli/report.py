@@ -11,66 +11,51 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from temporalio.api.common.v1 import Payloads
-from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
-from temporalio.service import RPCError
 
 from darkfactory.constants import task_workflow_id
-from darkfactory.contracts import (
-    AgentTurnInput,
-    AgentTurnResult,
-    GateReport,
-    GateResult,
-    PlanResult,
-    ReviewInput,
-    ReviewResult,
-    RunGatesInput,
-    RunState,
-    TaskResult,
-    Usage,
-)
-from darkfactory.run_report import (
-    AttemptFacts,
-    AttemptView,
-    RunFacts,
-    RunReport,
-    StepFacts,
-    TaskRunFacts,
-    TaskView,
-    build_report,
-    render_html,
-)
 from factory_cli.session import fail, find_run, open_session, seconds
-from workflows import FactoryRunWorkflow
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from temporalio.api.common.v1 import Payloads
+    from temporalio.api.history.v1 import HistoryEvent
+    from temporalio.client import Client, WorkflowHistory
+
+    from darkfactory.contracts import AgentTurnInput, ReviewInput, RunGatesInput, RunState
+    from darkfactory.run_report import AttemptView, RunFacts, RunReport, TaskRunFacts, TaskView
+
+# The Temporal SDK, the contracts and the workflows are imported where they are used: the `factory` CLI
+# imports this module to list its commands, and that should not cost seconds.
 
 app = typer.Typer()
 T = TypeVar("T")
 FEEDBACK_LINES = 8
 """Lines of an attempt's feedback the text report shows (the JSON and HTML carry all of it)."""
-ATTEMPT_INPUTS: dict[str, type[AgentTurnInput | RunGatesInput | ReviewInput]] = {
-    "agent_turn": AgentTurnInput,
-    "run_gates": RunGatesInput,
-    "review_change": ReviewInput,
-}
-"""A task's activities that belong to an attempt, and the input that says which."""
+
+
+def attempt_inputs() -> dict[str, type[AgentTurnInput | RunGatesInput | ReviewInput]]:
+    """A task's activities that belong to an attempt, and the input that says which."""
+    from darkfactory.contracts import AgentTurnInput, ReviewInput, RunGatesInput
+
+    return {"agent_turn": AgentTurnInput, "run_gates": RunGatesInput, "review_change": ReviewInput}
 
 
 @app.command()
 def report(
-    run_id: str = typer.Argument(..., help="The run id (with or without the run- prefix)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id (with or without the run- prefix)."),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """What a run did: the plan's DAG, each task's attempts and gates, findings, feedback, timeline, cost."""
     if html is not None and not html.parent.is_dir():
         fail(f"cannot write {html}: the directory {html.parent} does not exist")
+    from rich.console import Console
+
+    from darkfactory.run_report import render_html
+
     result = asyncio.run(gather_report(run_id))
     if html is not None:
         html.write_text(render_html(result), encoding="utf-8")
@@ -83,6 +68,8 @@ def report(
 
 
 async def gather_report(run_id: str) -> RunReport:
+    from darkfactory.run_report import build_report
+
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)
     if workflow_id is None:
@@ -92,6 +79,13 @@ async def gather_report(run_id: str) -> RunReport:
 
 
 async def gather(client: Client, workflow_id: str, ui_url: str | None) -> RunFacts:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from darkfactory.contracts import PlanResult, RunGatesInput
+    from darkfactory.run_report import RunFacts, StepFacts
+    from workflows import FactoryRunWorkflow
+
     handle = client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id)
     description = await handle.describe()
     state: RunState | None = None
@@ -141,6 +135,19 @@ async def gather(client: Client, workflow_id: str, ui_url: str | None) -> RunFac
 
 
 async def _task_run(client: Client, state: RunState, workflow_id: str, run_id: str) -> TaskRunFacts | None:
+    from darkfactory.contracts import (
+        AgentTurnInput,
+        AgentTurnResult,
+        GateReport,
+        GateResult,
+        ReviewInput,
+        ReviewResult,
+        RunGatesInput,
+        TaskResult,
+        Usage,
+    )
+    from darkfactory.run_report import AttemptFacts, TaskRunFacts
+
     task_id = next((t.id for t in state.tasks if task_workflow_id(state.run_id, t.id) == workflow_id), None)
     if task_id is None:
         return None
@@ -148,7 +155,7 @@ async def _task_run(client: Client, state: RunState, workflow_id: str, run_id: s
     attempts: dict[int, dict[str, Any]] = {}
     for event, end in _activities(history):
         scheduled = event.activity_task_scheduled_event_attributes
-        kind = ATTEMPT_INPUTS.get(scheduled.activity_type.name)
+        kind = attempt_inputs().get(scheduled.activity_type.name)
         arg = await _decode(client, scheduled.input, kind) if kind is not None else None
         if arg is None:
             continue
@@ -254,6 +261,8 @@ def _link(console: Console, label: str, url: str) -> None:
 
 
 def print_report(console: Console, report: RunReport) -> None:
+    from rich.table import Table
+
     verdict = "[bold green]shipped[/]" if report.succeeded else f"[bold red]{report.phase}[/]"
     console.print(f"Run [bold]{report.run_id}[/]: {verdict} ({_duration(report.duration_s)})", highlight=False)
     if report.error:
@@ -320,6 +329,8 @@ def print_report(console: Console, report: RunReport) -> None:
 
 
 def _print_task(console: Console, task: TaskView) -> None:
+    from rich.markup import escape
+
     console.print(f"\n[bold]{escape(task.id)}[/]: {escape(task.title)} ({task.state})", highlight=False)
     if task.reason:
         console.print(f"  {task.reason}", highlight=False, markup=False)
@@ -367,6 +378,8 @@ def _print_attempt(console: Console, attempt: AttemptView) -> None:
 def _print_timeline(console: Console, report: RunReport) -> None:
     if not report.timeline:
         return
+    from rich.table import Table
+
     table = Table(title="Timeline", show_lines=False)
     for column in ("start", "duration", "what"):
         table.add_column(column)

@@ -1,25 +1,25 @@
-"""Runs: `factory run` (start one and watch it to the end), `factory status` and `factory cancel`."""
+"""Runs: `factory run` (start one and watch it to the end, or --detach), `factory watch`, `factory status`
+and `factory cancel`."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributeKey
-from temporalio.service import RPCError
 
-from darkfactory.constants import SA_REPO, SA_STATUS, TASK_QUEUE, run_workflow_id, task_workflow_id
+from darkfactory.constants import TASK_QUEUE, run_workflow_id
 from darkfactory.contracts import RunRequest, RunState
-from darkfactory.report import print_progress, print_summary
+from darkfactory.report import print_summary
 from darkfactory.strict_sandbox import FLAG, degraded_note
+from factory_cli.attach import attach, follow, print_detached
 from factory_cli.inputs import build_request
-from factory_cli.launch import start_factory_run
+from factory_cli.launch import conflict_with_existing, start_factory_run
+from factory_cli.pollers import warn_if_unserved
 from factory_cli.session import (
     Session,
     UsageError,
@@ -27,16 +27,14 @@ from factory_cli.session import (
     find_run,
     local_task_queue,
     open_session,
-    seconds,
     serve_locally,
 )
 from factory_cli.watch import watch_run
-from workflows import FactoryRunWorkflow
+
+if TYPE_CHECKING:
+    from temporalio.client import WorkflowHandle
 
 app = typer.Typer()
-POLL_S = 0.5
-REPO = SearchAttributeKey.for_keyword(SA_REPO)
-STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
 
 
 @app.command()
@@ -54,7 +52,9 @@ def run(
     github_repo: str | None = typer.Option(None, help="owner/repo for --ship pr (default: from the remote's URL)."),
     model: str | None = typer.Option(None, help="Claude model name, or scripted:PATH for a recorded transcript."),
     run_id: str | None = typer.Option(
-        None, help="Run id (default: from the spec). A duplicate id does not start twice."
+        None,
+        help="Run id (default: from the spec). The same request under an existing id watches that run; a "
+        "different spec, repository or base branch is refused.",
     ),
     max_attempts: int | None = typer.Option(
         None, help="Attempts per task before it escalates (default: the policy's)."
@@ -72,8 +72,19 @@ def run(
         "decide with factory-worker's own flag.)",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Start the run and return at once, printing its id, Web UI link and `factory watch RUN_ID`. In local "
+        "mode nothing serves a detached run until `factory watch RUN_ID` (serves it while watching) or "
+        "`factory-worker --task-queue Q` (the queue printed) runs.",
+    ),
 ) -> None:
-    """Plan a spec, build it task by task in branches, gate it, merge it and ship it. Waits for the end."""
+    """Plan a spec, build it task by task in branches, gate it, merge it and ship it. Waits for the end.
+
+    Ctrl-C stops watching, not the run (exit 130); `factory watch RUN_ID` re-attaches. A run id already used
+    by a different spec, repository or base branch is refused (exit 2); the same request again is watched.
+    """
     try:
         request = build_request(
             repo,
@@ -93,8 +104,31 @@ def run(
         )
     except UsageError as exc:
         fail(str(exc))
-    summary = asyncio.run(run_and_watch(request, as_json))
+    try:
+        if detach:
+            asyncio.run(start_detached(request, as_json))
+            raise typer.Exit(0)
+        summary = asyncio.run(run_and_watch(request, as_json))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     raise typer.Exit(0 if summary.succeeded else 1)
+
+
+@app.command("watch")
+def watch_command(
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id (with or without the run- prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Re-attach to a run, running or ended, and show it to the end like `factory run`, then its summary.
+
+    In local mode a running run whose task queues no worker serves is served by this process while it
+    watches. Exit 0 if the run shipped, 1 otherwise, 130 on Ctrl-C (the run continues).
+    """
+    try:
+        summary = asyncio.run(attach(run_id, as_json))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if summary is not None and summary.succeeded else 1)
 
 
 async def start_run(
@@ -105,65 +139,63 @@ async def start_run(
     The run's task queue names every queue it uses: its tasks inherit it and its activities run on it plus
     a resource-class suffix (workflows/steps.py), so the queues are part of the run's recorded history.
     """
+    from workflows import FactoryRunWorkflow
+
     if not await start_factory_run(session.client, request, task_queue):
         console.print(f"Run [bold]{request.run_id}[/] already exists; watching it instead of starting it again.")
     return session.client.get_workflow_handle_for(FactoryRunWorkflow.run, run_workflow_id(request.run_id))
 
 
-async def watch(session: Session, handle: WorkflowHandle[Any, RunState], console: Console) -> RunState:
-    """Print progress as the run moves, until it completes; return the summary."""
-    result_task = asyncio.ensure_future(handle.result())
-    seen: dict[str, str] = {}
-    while not result_task.done():
-        try:
-            state = await handle.query(FactoryRunWorkflow.status, rpc_timeout=seconds(5))
-        except RPCError:
-            state = None
-        if state is not None:
-            await print_progress(console, state, seen, functools.partial(_task_progress, session, state.run_id))
-        await asyncio.wait([result_task], timeout=POLL_S)
-    return result_task.result()
+async def _open_for(request: RunRequest) -> Session:
+    """The session, once the request is known not to clash with a run of the same id (else exit 2)."""
+    session = await open_session()
+    if problem := await conflict_with_existing(session.client, request):
+        fail(problem)
+    return session
 
 
-async def _task_progress(session: Session, run_id: str, task_id: str) -> dict[str, Any] | None:
-    try:
-        handle = session.client.get_workflow_handle(task_workflow_id(run_id, task_id))
-        progress: dict[str, Any] = await handle.query("progress", rpc_timeout=seconds(2))
-        return progress
-    except RPCError:
-        return None
+async def _queue_for(session: Session, run_id: str) -> str:
+    """Local mode: queues of this process's own, so a second local run's worker never runs this run's steps
+    (with its own key and endpoint), and vice versa; a restarted run is served on the queues it began on."""
+    if not session.local:
+        return TASK_QUEUE
+    return await session.queue_of_run(run_id) or local_task_queue()
+
+
+def _print_started(session: Session, request: RunRequest, console: Console, task_queue: str, served: bool) -> None:
+    if request.config.scripted:
+        console.print("[bold yellow]Scripted model:[/] answers come from a recorded transcript, not from Claude.")
+    if request.config.degraded_sandbox is not None:
+        console.print(
+            f"[bold yellow]Sandbox {degraded_note(request.config.degraded_sandbox)}:[/] bubblewrap is not "
+            "usable here; commands run unsandboxed, with a scrubbed environment only.",
+            highlight=False,
+        )
+    console.print(f"Run [bold]{request.run_id}[/] started.", highlight=False)
+    if served:
+        console.print(
+            f"Task queue {task_queue}, served by this process; `factory watch {request.run_id}` or "
+            f"`factory-worker --task-queue {task_queue}` resumes the run if it stops.",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if url := session.run_url(request.run_id):
+        console.print(f"Web UI: {url}", highlight=False, soft_wrap=True)  # a link must not wrap
 
 
 async def run_and_watch(request: RunRequest, as_json: bool) -> RunState:
     console = Console(stderr=as_json)
     async with AsyncExitStack() as stack:
-        session = await open_session()
-        task_queue = TASK_QUEUE
+        session = await _open_for(request)
+        task_queue = await _queue_for(session, request.run_id)
         if session.local:
-            # Queues of this process's own, so a second local run's worker never runs this run's steps (with
-            # its own key and endpoint), and vice versa; a restarted run is served on the queues it began on.
-            task_queue = await session.queue_of_run(request.run_id) or local_task_queue()
             await serve_locally(stack, session, task_queue)
         handle = await start_run(session, request, console, task_queue)
-        if request.config.scripted:
-            console.print("[bold yellow]Scripted model:[/] answers come from a recorded transcript, not from Claude.")
-        if request.config.degraded_sandbox is not None:
-            console.print(
-                f"[bold yellow]Sandbox {degraded_note(request.config.degraded_sandbox)}:[/] bubblewrap is not "
-                "usable here; commands run unsandboxed, with a scrubbed environment only.",
-                highlight=False,
-            )
-        console.print(f"Run [bold]{request.run_id}[/] started.", highlight=False)
-        if session.local:
-            console.print(
-                f"Task queue {task_queue}, served by this process; `factory run --run-id {request.run_id}` or "
-                f"`factory-worker --task-queue {task_queue}` resumes the run if it stops.",
-                highlight=False,
-                markup=False,
-            )
-        if url := session.run_url(request.run_id):
-            console.print(f"Web UI: {url}", highlight=False, soft_wrap=True)  # a link must not wrap
-        summary = await watch(session, handle, console)
+        _print_started(session, request, console, task_queue, served=session.local)
+        summary = await follow(
+            session, handle, console, run_id=request.run_id, task_queue=task_queue, served_here=session.local
+        )
     if as_json:
         print(summary.model_dump_json(indent=2))
     else:
@@ -171,9 +203,24 @@ async def run_and_watch(request: RunRequest, as_json: bool) -> RunState:
     return summary
 
 
+async def start_detached(request: RunRequest, as_json: bool) -> None:
+    """Start the run (or find it, when it exists) and return; in remote mode, warn if no worker serves it."""
+    console = Console(stderr=as_json)
+    session = await _open_for(request)
+    task_queue = await _queue_for(session, request.run_id)
+    await start_run(session, request, console, task_queue)
+    _print_started(session, request, console, task_queue, served=False)
+    print_detached(session, console, request.run_id, task_queue)
+    if as_json:
+        url = session.run_url(request.run_id)
+        print(json.dumps({"run_id": request.run_id, "task_queue": task_queue, "web_ui": url}, indent=2))
+    if not session.local:
+        await warn_if_unserved(session.client, task_queue, console)
+
+
 @app.command()
 def status(
-    run_id: str = typer.Argument(..., help="The run id (with or without the run- prefix)."),
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id (with or without the run- prefix)."),
     as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
     live: bool = typer.Option(False, "--watch", help="Redraw the run in place until it ends (tasks, turn, cost)."),
 ) -> None:
@@ -181,7 +228,11 @@ def status(
     if live:
         if as_json:
             fail("--watch redraws for people; use --json without it for the state as JSON")
-        ended = asyncio.run(_watch(run_id))
+        try:
+            ended = asyncio.run(_watch(run_id))
+        except KeyboardInterrupt:
+            typer.echo(f"\nStopped watching; run {run_id} continues. Re-attach: factory watch {run_id}", err=True)
+            raise typer.Exit(130) from None
         raise typer.Exit(0 if ended is not None and ended.succeeded else 1)
     state = asyncio.run(fetch_status(run_id))
     if state is None:
@@ -193,6 +244,8 @@ def status(
 
 
 async def _watch(run_id: str) -> RunState | None:
+    from workflows import FactoryRunWorkflow
+
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)
     if workflow_id is None:
@@ -203,22 +256,18 @@ async def _watch(run_id: str) -> RunState | None:
 
 
 async def fetch_status(run_id: str) -> RunState | None:
+    from factory_cli.run_state import read_run_state
+    from workflows import FactoryRunWorkflow
+
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)
     if workflow_id is None:
         fail(f"no run with id {run_id} in namespace {session.client.namespace}; `factory runs` lists them")
-    handle = session.client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id)
-    description = await handle.describe()
-    if description.status == WorkflowExecutionStatus.COMPLETED:
-        return await handle.result()
-    try:
-        return await handle.query(FactoryRunWorkflow.status, rpc_timeout=seconds(5))
-    except RPCError:
-        return None
+    return await read_run_state(session.client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id))
 
 
 @app.command()
-def cancel(run_id: str = typer.Argument(..., help="The run id.")) -> None:
+def cancel(run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run id.")) -> None:
     """Cancel a run: its tasks stop and end `cancelled`, a merge in flight finishes, branches are kept."""
     try:
         asyncio.run(cancel_run(run_id))
@@ -228,6 +277,8 @@ def cancel(run_id: str = typer.Argument(..., help="The run id.")) -> None:
 
 
 async def cancel_run(run_id: str) -> None:
+    from temporalio.client import WorkflowExecutionStatus
+
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)
     if workflow_id is None:

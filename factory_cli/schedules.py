@@ -15,35 +15,28 @@ import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionExecutionStartWorkflow,
-    ScheduleActionResult,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleBackfill,
-    ScheduleDescription,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
-)
-from temporalio.service import RPCError, RPCStatusCode
 
 from darkfactory.constants import TASK_QUEUE, run_workflow_id
-from darkfactory.contracts import RunRequest
-from darkfactory.triggers.ids import SCHEDULE_ID_PREFIX, SCHEDULE_NAME, run_id_of_workflow, schedule_id
-from factory_cli.inputs import build_request
-from factory_cli.launch import run_search_attributes, run_summary
 from factory_cli.session import UsageError, fail, open_session
-from workflows import FactoryRunWorkflow
+
+if TYPE_CHECKING:
+    from temporalio.client import (
+        Client,
+        Schedule,
+        ScheduleActionResult,
+        ScheduleDescription,
+        ScheduleOverlapPolicy,
+        ScheduleState,
+        ScheduleUpdate,
+        ScheduleUpdateInput,
+    )
+
+    from darkfactory.contracts import RunRequest
+
+# The Temporal SDK and the workflows are imported where they are used, so listing the commands stays cheap.
 
 app = typer.Typer()
 group = typer.Typer(
@@ -53,12 +46,20 @@ group = typer.Typer(
 )
 app.add_typer(group)
 
-OVERLAP = {
-    "skip": ScheduleOverlapPolicy.SKIP,
-    "buffer-one": ScheduleOverlapPolicy.BUFFER_ONE,
-    "buffer-all": ScheduleOverlapPolicy.BUFFER_ALL,
-    "allow-all": ScheduleOverlapPolicy.ALLOW_ALL,
-}
+OVERLAP = ("skip", "buffer-one", "buffer-all", "allow-all")
+
+
+def overlap_policies() -> dict[str, ScheduleOverlapPolicy]:
+    from temporalio.client import ScheduleOverlapPolicy
+
+    return {
+        "skip": ScheduleOverlapPolicy.SKIP,
+        "buffer-one": ScheduleOverlapPolicy.BUFFER_ONE,
+        "buffer-all": ScheduleOverlapPolicy.BUFFER_ALL,
+        "allow-all": ScheduleOverlapPolicy.ALLOW_ALL,
+    }
+
+
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -86,6 +87,8 @@ def parse_time(text: str, option: str) -> datetime:
 
 
 def check_name(name: str) -> str:
+    from darkfactory.triggers.ids import SCHEDULE_NAME
+
     if not SCHEDULE_NAME.match(name):
         raise UsageError(f"schedule name {name!r} must be lowercase letters, digits and dashes (at most 40)")
     return name
@@ -94,7 +97,7 @@ def check_name(name: str) -> str:
 def overlap_policy(overlap: str) -> ScheduleOverlapPolicy:
     if overlap not in OVERLAP:
         raise UsageError(f"--overlap {overlap!r} is not an overlap policy; use {', '.join(OVERLAP)}")
-    return OVERLAP[overlap]
+    return overlap_policies()[overlap]
 
 
 def build_schedule(
@@ -107,6 +110,17 @@ def build_schedule(
     catchup: timedelta,
     task_queue: str,
 ) -> Schedule:
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        SchedulePolicy,
+        ScheduleSpec,
+        ScheduleState,
+    )
+
+    from factory_cli.launch import run_search_attributes, run_summary
+    from workflows import FactoryRunWorkflow
+
     return Schedule(
         action=ScheduleActionStartWorkflow(
             FactoryRunWorkflow.run,
@@ -147,6 +161,9 @@ def create(
     task_queue: str = typer.Option(TASK_QUEUE, help="The queue factory-worker serves."),
 ) -> None:
     """Create a schedule, or update the one with this name (its paused state and note are kept)."""
+    from darkfactory.triggers.ids import schedule_id
+    from factory_cli.inputs import build_request
+
     try:
         check_name(name)
         if sum(given is not None for given in (spec, spec_text, spec_path)) != 1:
@@ -180,6 +197,11 @@ _WORKER_HINT = "ticks run on factory-worker; `factory runs --trigger schedule` l
 
 
 async def _create_or_update(name: str, schedule: Schedule) -> bool:
+    from temporalio.client import ScheduleAlreadyRunningError, ScheduleUpdate
+    from temporalio.service import RPCError
+
+    from darkfactory.triggers.ids import schedule_id
+
     session = await open_session()
     try:
         await session.client.create_schedule(schedule_id(name), schedule)
@@ -201,13 +223,17 @@ async def _create_or_update(name: str, schedule: Schedule) -> bool:
 
 
 def _with_state(schedule: Schedule, state: ScheduleState) -> Schedule:
+    from temporalio.client import (
+        Schedule,
+    )
+
     return Schedule(action=schedule.action, spec=schedule.spec, policy=schedule.policy, state=state)
 
 
 @group.command(name="list")
 def list_schedules(as_json: bool = typer.Option(False, "--json", help="Print the schedules as JSON.")) -> None:
     """List the factory's schedules: next tick, paused or not, the latest run."""
-    found = asyncio.run(_list())
+    found, also = asyncio.run(_list())
     if as_json:
         print(json.dumps(found, indent=2))
         return
@@ -216,9 +242,13 @@ def list_schedules(as_json: bool = typer.Option(False, "--json", help="Print the
     for item in found:
         state = "paused" if item["paused"] else f"next {item['next'] or 'never'}"
         typer.echo(f"{item['name']:<24} {state:<36} last run {item['last_run'] or '-'}")
+    typer.echo(f"Also: {also}")
 
 
-async def _list() -> list[dict[str, Any]]:
+async def _list() -> tuple[list[dict[str, Any]], str]:
+    """The factory's schedules by name, and the `temporal schedule list` that shows them (on the server in use)."""
+    from darkfactory.triggers.ids import SCHEDULE_ID_PREFIX, run_id_of_workflow
+
     session = await open_session()
     found = []
     async for entry in await session.client.list_schedules():
@@ -235,10 +265,12 @@ async def _list() -> list[dict[str, Any]]:
                 "last_run": run_id_of_workflow(recent) if recent else "",
             }
         )
-    return sorted(found, key=lambda item: str(item["name"]))
+    return sorted(found, key=lambda item: str(item["name"])), session.temporal_command("schedule", "list")
 
 
 def _workflow_id(result: ScheduleActionResult) -> str:
+    from temporalio.client import ScheduleActionExecutionStartWorkflow
+
     started = result.action
     return started.workflow_id if isinstance(started, ScheduleActionExecutionStartWorkflow) else ""
 
@@ -257,6 +289,8 @@ def describe(
     if as_json:
         print(json.dumps(details, indent=2))
         return
+    from rich.console import Console
+
     console = Console(highlight=False)
     for key, value in details.items():
         shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
@@ -264,6 +298,11 @@ def describe(
 
 
 async def _describe(name: str) -> dict[str, Any]:
+    from temporalio.client import ScheduleActionStartWorkflow
+
+    from darkfactory.contracts import RunRequest
+    from darkfactory.triggers.ids import run_id_of_workflow, schedule_id
+
     session = await open_session()
     description = await _description(session.client, name)
     schedule, info = description.schedule, description.info
@@ -277,9 +316,9 @@ async def _describe(name: str) -> dict[str, Any]:
         "cron": memo.get("cron", []),
         "time_zone": memo.get("time_zone", "UTC"),
         "jitter": str(schedule.spec.jitter or timedelta()),
-        "overlap": next(k for k, v in OVERLAP.items() if v == schedule.policy.overlap)
-        if schedule.policy.overlap in OVERLAP.values()
-        else str(schedule.policy.overlap),
+        "overlap": next(
+            (k for k, v in overlap_policies().items() if v == schedule.policy.overlap), str(schedule.policy.overlap)
+        ),
         "catchup_window": str(schedule.policy.catchup_window),
         "paused": schedule.state.paused,
         "note": schedule.state.note or "",
@@ -297,6 +336,10 @@ async def _describe(name: str) -> dict[str, Any]:
 
 
 async def _description(client: Client, name: str) -> ScheduleDescription:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from darkfactory.triggers.ids import schedule_id
+
     try:
         return await client.get_schedule_handle(schedule_id(check_name(name))).describe()
     except RPCError as exc:
@@ -308,6 +351,8 @@ async def _description(client: Client, name: str) -> ScheduleDescription:
 
 
 def _act(name: str, what: str, action: Any) -> None:
+    from darkfactory.triggers.ids import schedule_id
+
     async def go() -> None:
         session = await open_session()
         await _description(session.client, name)  # a clear error for an unknown name
@@ -357,6 +402,8 @@ def backfill(
         policy = overlap_policy(overlap)
     except UsageError as exc:
         fail(str(exc))
+    from temporalio.client import ScheduleBackfill
+
     backfill_range = ScheduleBackfill(start_at=start_at, end_at=end_at, overlap=policy)
     _act(
         name, f"backfilled {start_at:%Y-%m-%dT%H:%M}..{end_at:%Y-%m-%dT%H:%M} for", lambda h: h.backfill(backfill_range)

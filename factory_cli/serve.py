@@ -11,16 +11,17 @@ import asyncio
 import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-import uvicorn
 
-from darkfactory.settings import Credentials, CredentialsError, FactorySettings, load_credentials
-from darkfactory.telemetry import configure_logging
-from darkfactory.triggers.serve_config import ServeConfig, ServeConfigError, load_serve_config
-from darkfactory.workspace import TargetError, validate_target
-from factory_cli.serve_app import Launcher, WebhookApp
 from factory_cli.session import fail, open_session, serve_locally
+
+if TYPE_CHECKING:
+    from darkfactory.settings import Credentials
+    from darkfactory.triggers.serve_config import ServeConfig
+
+# The HTTP server, the hooks and the triggers are imported when `serve` runs, not when the CLI lists commands.
 
 app = typer.Typer()
 
@@ -33,6 +34,9 @@ HOOK_SECRETS = {
 
 def checked_config(path: Path) -> ServeConfig:
     """The config, with every repository's clone and base branch checked now rather than at the first event."""
+    from darkfactory.triggers.serve_config import ServeConfigError, load_serve_config
+    from darkfactory.workspace import TargetError, validate_target
+
     try:
         config = load_serve_config(path)
     except ServeConfigError as exc:
@@ -46,6 +50,8 @@ def checked_config(path: Path) -> ServeConfig:
 
 
 def checked_credentials() -> Credentials:
+    from darkfactory.settings import CredentialsError, load_credentials
+
     try:
         credentials = load_credentials()
     except CredentialsError as exc:
@@ -68,13 +74,25 @@ def serve(
     ),
 ) -> None:
     """Serve POST /hooks/github, POST /hooks/alert and GET /healthz; each accepted event starts one run."""
-    config = checked_config(config_path or FactorySettings().home / "serve.toml")
+    from darkfactory.settings import SettingsError, load_factory_settings
+
+    try:
+        home = load_factory_settings().home
+    except SettingsError as exc:
+        fail(str(exc))
+    config = checked_config(config_path or home / "serve.toml")
     credentials = checked_credentials()
     listener = socket.create_server((host or config.server.host, config.server.port if port is None else port))
     asyncio.run(_serve(config, credentials, listener, worker))
 
 
 async def _serve(config: ServeConfig, credentials: Credentials, listener: socket.socket, worker: bool | None) -> None:
+    import uvicorn
+
+    from darkfactory.settings import FactorySettings
+    from darkfactory.telemetry import configure_logging
+    from factory_cli.serve_app import Launcher, WebhookApp
+
     session = await open_session()
     async with AsyncExitStack() as stack:
         queue = config.server.task_queue

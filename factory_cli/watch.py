@@ -9,21 +9,20 @@ at the end. Links are printed on lines of their own and never wrapped, so they c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import WorkflowHandle
-from temporalio.service import RPCError
 
 from darkfactory.constants import task_workflow_id
 from darkfactory.contracts import RunState
 from factory_cli.session import Session, seconds
-from workflows import FactoryRunWorkflow
+
+if TYPE_CHECKING:
+    from temporalio.client import WorkflowHandle
 
 REDRAW_S = 1.0
 STATE_STYLE = {"merged": "green", "running": "cyan", "escalated": "yellow", "failed": "red", "cancelled": "red"}
@@ -65,6 +64,8 @@ def render(state: RunState, progress: dict[str, dict[str, Any]], started: dateti
 
 
 async def _progress(session: Session, state: RunState) -> dict[str, dict[str, Any]]:
+    from temporalio.service import RPCError
+
     found: dict[str, dict[str, Any]] = {}
     for task in state.tasks:
         if task.state != "running":
@@ -78,14 +79,22 @@ async def _progress(session: Session, state: RunState) -> dict[str, dict[str, An
 
 
 async def watch_run(session: Session, handle: WorkflowHandle[Any, RunState], console: Console) -> RunState | None:
-    """Redraw until the run ends; its summary then (None when it ended without one: failed, terminated)."""
+    """Redraw until the run ends; its summary then (None when it ended without one: failed, terminated).
+    With no worker to answer the query, the state the run last kept in its memo is drawn."""
+    from temporalio.service import RPCError
+
+    from factory_cli.attach import memo_state
+    from workflows import FactoryRunWorkflow
+
     started = (await handle.describe()).start_time
     result = asyncio.ensure_future(handle.result())
     state: RunState | None = None
     with Live(console=console, auto_refresh=False, transient=False) as live:
         while not result.done():
-            with contextlib.suppress(RPCError):  # no worker answers yet: keep the last state
+            try:
                 state = await handle.query(FactoryRunWorkflow.status, rpc_timeout=seconds(5))
+            except RPCError:  # no worker answers: what the run kept in its memo, else the last state
+                state = await memo_state(handle) or state
             if state is not None:
                 live.update(render(state, await _progress(session, state), started), refresh=True)
             await asyncio.wait([result], timeout=REDRAW_S)
