@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import typer
 
-from darkfactory.devserver import dev_ports
-from factory_cli import (
+from darkfactory.cli import (
     audit,
     backlog,
     demo,
@@ -33,7 +32,8 @@ from factory_cli import (
     serving,
     transcript,
 )
-from factory_cli.session import UsageError, exit_cleanly, fail, temporal_settings, use_connection
+from darkfactory.cli.session import UsageError, exit_cleanly, fail, temporal_settings, use_connection
+from darkfactory.devserver import dev_ports
 
 GLOBAL_FLAGS = ("--address", "--namespace")
 """Root options that may also follow the command, as the `temporal` CLI's do (`factory queue --address H:P`)."""

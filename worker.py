@@ -19,23 +19,23 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.audit import AuditActivities, AuditInterceptor
-from activities.context import LogContextInterceptor
-from activities.gates import GateActivities
-from activities.logging_setup import sdk_context_as_fields
-from activities.metrics import METRICS_BIND_ENV, MetricsBindError, MetricsEndpoint, serve_metrics
-from activities.model import ModelActivities
-from activities.notify import NotifyActivities
-from activities.workspace import WorkspaceActivities
 from darkfactory import devserver
+from darkfactory.activities.audit import AuditActivities, AuditInterceptor
+from darkfactory.activities.context import LogContextInterceptor
+from darkfactory.activities.gates import GateActivities
+from darkfactory.activities.logging_setup import sdk_context_as_fields
+from darkfactory.activities.metrics import METRICS_BIND_ENV, MetricsBindError, MetricsEndpoint, serve_metrics
+from darkfactory.activities.model import ModelActivities
+from darkfactory.activities.notify import NotifyActivities
+from darkfactory.activities.workspace import WorkspaceActivities
 from darkfactory.blobs import BlobStore
+from darkfactory.cli.session import connect, ensure_search_attributes, exit_cleanly
 from darkfactory.constants import QUEUE_CLASSES, TASK_QUEUE, queue_name
 from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
 from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.telemetry import configure_logging
-from factory_cli.session import connect, ensure_search_attributes, exit_cleanly
-from workflows import WORKFLOWS
+from darkfactory.workflows import WORKFLOWS
 
 log = structlog.get_logger(__name__)
 

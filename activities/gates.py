@@ -18,8 +18,8 @@ import structlog
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.context import heartbeat_ticker
 from darkfactory import workspace
+from darkfactory.activities.context import heartbeat_ticker
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (
     AcceptanceCheck,

@@ -18,10 +18,10 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
-from activities import metrics
-from activities.context import heartbeating
-from activities.errors import INVALID_PLAN, OVER_BUDGET, business_error, model_error
 from darkfactory import prompts, workspace
+from darkfactory.activities import metrics
+from darkfactory.activities.context import heartbeating
+from darkfactory.activities.errors import INVALID_PLAN, OVER_BUDGET, business_error, model_error
 from darkfactory.blobs import BlobStore
 from darkfactory.budget import BudgetExceeded, check_call
 from darkfactory.contracts import (

@@ -12,7 +12,7 @@ import os
 import structlog
 from temporalio import activity
 
-from activities.errors import github_error
+from darkfactory.activities.errors import github_error
 from darkfactory.contracts import IssueCommentInput, IssueCommentResult
 from darkfactory.github import GitHubClient, GitHubError, comment_once
 from darkfactory.sandbox import worker_secret_values

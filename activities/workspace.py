@@ -14,9 +14,9 @@ from pathlib import Path
 import structlog
 from temporalio import activity
 
-from activities.context import heartbeat_ticker
-from activities.errors import INVALID_POLICY, INVALID_TARGET, SHIP_REFUSED, business_error, github_error
 from darkfactory import shipping, workspace
+from darkfactory.activities.context import heartbeat_ticker
+from darkfactory.activities.errors import INVALID_POLICY, INVALID_TARGET, SHIP_REFUSED, business_error, github_error
 from darkfactory.agent_tools import AgentTools
 from darkfactory.blobs import BlobStore
 from darkfactory.contracts import (

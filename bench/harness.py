@@ -34,8 +34,8 @@ from temporalio.testing import WorkflowEnvironment
 from darkfactory.constants import QUEUE_CLASSES, queue_name, run_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
 from darkfactory.target_env import TargetEnv, ensure_target_env
-from workflows import FactoryRunWorkflow
-from workflows.search_attributes import all_keys
+from darkfactory.workflows import FactoryRunWorkflow
+from darkfactory.workflows.search_attributes import all_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_REPO = ROOT / "examples" / "demo" / "repo"

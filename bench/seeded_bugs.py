@@ -38,6 +38,8 @@ from darkfactory.contracts import DecisionInput, RunConfig, RunRequest, RunState
 from darkfactory.settings import FactorySettings  # noqa: E402
 from darkfactory.target_env import ensure_target_env  # noqa: E402
 from darkfactory.telemetry import configure_logging  # noqa: E402
+from darkfactory.worker import ModelClients, build_worker  # noqa: E402
+from darkfactory.workflows import FactoryRunWorkflow, TaskWorkflow  # noqa: E402
 from tests.conftest import escalation_of, git, start_dev_server  # noqa: E402
 from tests.third_party import (  # noqa: E402
     FIX_TASK,
@@ -48,8 +50,6 @@ from tests.third_party import (  # noqa: E402
     seeded_repo,
     wrong_fix,
 )
-from worker import ModelClients, build_worker  # noqa: E402
-from workflows import FactoryRunWorkflow, TaskWorkflow  # noqa: E402
 
 TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=60.0, tools_s=120.0, gates_s=900.0, git_s=60.0)
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from darkfactory.cli.pollers import unserved_queues, warn_if_unserved
+from darkfactory.cli.session import Session, fail, find_run, open_session, seconds, serve_locally
 from darkfactory.constants import task_workflow_id
 from darkfactory.contracts import RunState
 from darkfactory.report import print_progress, print_summary
-from factory_cli.pollers import unserved_queues, warn_if_unserved
-from factory_cli.session import Session, fail, find_run, open_session, seconds, serve_locally
 
 if TYPE_CHECKING:
     from temporalio.client import WorkflowHandle
@@ -74,7 +74,7 @@ async def watch(session: Session, handle: WorkflowHandle[Any, RunState], console
     query, the state the run last kept in its memo is shown."""
     from temporalio.service import RPCError
 
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     result_task = asyncio.ensure_future(handle.result())
     seen: dict[str, str] = {}
@@ -146,7 +146,7 @@ async def attach(run_id: str, as_json: bool) -> RunState | None:
     one (failed, terminated, timed out). In local mode a running run nobody serves is served from here."""
     from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     console = Console(stderr=as_json)
     async with AsyncExitStack() as stack:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from factory_cli.session import fail
+from darkfactory.cli.session import fail
 
 if TYPE_CHECKING:
     from darkfactory.audit import AuditEntry

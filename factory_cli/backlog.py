@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from darkfactory.cli.session import UsageError, fail, open_session
 from darkfactory.constants import TASK_QUEUE
-from factory_cli.session import UsageError, fail, open_session
 
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowExecutionDescription
@@ -104,8 +104,8 @@ def add(
     """Queue a spec in the repository's backlog (starting the backlog if it has none)."""
     from pydantic import ValidationError
 
+    from darkfactory.cli.inputs import build_request, explain_invalid
     from darkfactory.contracts import DEFAULT_PRIORITY, BacklogAdd, BacklogItem
-    from factory_cli.inputs import build_request, explain_invalid
 
     try:
         if sum(given is not None for given in (spec, spec_text, spec_path)) != 1:
@@ -147,7 +147,7 @@ async def add_item(client: Client, signal: BacklogAdd, task_queue: str = TASK_QU
 
     from darkfactory.constants import SA_REPO
     from darkfactory.contracts import BacklogInput, BacklogSettings, backlog_workflow_id
-    from workflows import BacklogWorkflow
+    from darkfactory.workflows import BacklogWorkflow
 
     repo_path = signal.item.request.repo_path
     workflow_id = backlog_workflow_id(repo_path)
@@ -336,7 +336,7 @@ async def remove_item(client: Client, repo_path: str, item_id: str) -> ItemView:
     from temporalio.service import RPCError, RPCStatusCode
 
     from darkfactory.contracts import backlog_workflow_id
-    from workflows import BacklogWorkflow
+    from darkfactory.workflows import BacklogWorkflow
 
     handle = client.get_workflow_handle_for(BacklogWorkflow.run, backlog_workflow_id(repo_path))
     hint = f"`factory backlog list --repo {repo_path}` shows the queue"

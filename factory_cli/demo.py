@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from factory_cli.session import UsageError, fail
+from darkfactory.cli.session import UsageError, fail
 
 app = typer.Typer()
 DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
@@ -25,8 +25,8 @@ def demo(
     """Run the offline demo: a sample repo, a two-task spec and a scripted model (no API key needed)."""
     from rich.console import Console
 
-    from factory_cli.inputs import build_request
-    from factory_cli.runs import run_and_watch
+    from darkfactory.cli.inputs import build_request
+    from darkfactory.cli.runs import run_and_watch
 
     source = DEMO_FILES / "repo"
     if not source.is_dir():

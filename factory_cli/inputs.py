@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from factory_cli.session import UsageError, is_remote
+from darkfactory.cli.session import UsageError, is_remote
 
 if TYPE_CHECKING:
     from pydantic import ValidationError

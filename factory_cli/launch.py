@@ -22,7 +22,7 @@ def run_search_attributes(request: RunRequest) -> TypedSearchAttributes:
     """What `factory runs` and the web UI filter on, set when the run starts (the workflow keeps the status)."""
     from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-    from workflows.search_attributes import REPO, STATUS, TRIGGER
+    from darkfactory.workflows.search_attributes import REPO, STATUS, TRIGGER
 
     return TypedSearchAttributes(
         [
@@ -60,7 +60,7 @@ async def start_factory_run(client: Client, request: RunRequest, task_queue: str
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     try:
         await client.start_workflow(

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from darkfactory.cli.session import UsageError, fail, open_session
 from darkfactory.constants import SA_REPO, SA_STATUS, SA_TRIGGER
-from factory_cli.session import UsageError, fail, open_session
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from darkfactory.cli.session import UsageError, fail, find_run, open_session
 from darkfactory.constants import SA_NEEDS_REVIEW, run_workflow_id, task_workflow_id
-from factory_cli.session import UsageError, fail, find_run, open_session
 
 if TYPE_CHECKING:
     from darkfactory.contracts import DecisionInput

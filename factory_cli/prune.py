@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from factory_cli.session import fail, find_run, open_session
+from darkfactory.cli.session import fail, find_run, open_session
 
 app = typer.Typer()
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from darkfactory.cli.session import fail, find_run, open_session, seconds
 from darkfactory.constants import task_workflow_id
-from factory_cli.session import fail, find_run, open_session, seconds
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -84,7 +84,7 @@ async def gather(client: Client, workflow_id: str, ui_url: str | None) -> RunFac
 
     from darkfactory.contracts import PlanResult, RunGatesInput
     from darkfactory.run_report import RunFacts, StepFacts
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     handle = client.get_workflow_handle_for(FactoryRunWorkflow.run, workflow_id)
     description = await handle.describe()

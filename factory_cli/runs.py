@@ -12,15 +12,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from darkfactory.constants import TASK_QUEUE, run_workflow_id
-from darkfactory.contracts import RunRequest, RunState
-from darkfactory.report import print_summary
-from darkfactory.strict_sandbox import FLAG, degraded_note
-from factory_cli.attach import attach, follow, print_detached
-from factory_cli.inputs import build_request
-from factory_cli.launch import conflict_with_existing, start_factory_run
-from factory_cli.pollers import warn_if_unserved
-from factory_cli.session import (
+from darkfactory.cli.attach import attach, follow, print_detached
+from darkfactory.cli.inputs import build_request
+from darkfactory.cli.launch import conflict_with_existing, start_factory_run
+from darkfactory.cli.pollers import warn_if_unserved
+from darkfactory.cli.session import (
     Session,
     UsageError,
     fail,
@@ -29,7 +25,11 @@ from factory_cli.session import (
     open_session,
     serve_locally,
 )
-from factory_cli.watch import watch_run
+from darkfactory.cli.watch import watch_run
+from darkfactory.constants import TASK_QUEUE, run_workflow_id
+from darkfactory.contracts import RunRequest, RunState
+from darkfactory.report import print_summary
+from darkfactory.strict_sandbox import FLAG, degraded_note
 
 if TYPE_CHECKING:
     from temporalio.client import WorkflowHandle
@@ -139,7 +139,7 @@ async def start_run(
     The run's task queue names every queue it uses: its tasks inherit it and its activities run on it plus
     a resource-class suffix (workflows/steps.py), so the queues are part of the run's recorded history.
     """
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     if not await start_factory_run(session.client, request, task_queue):
         console.print(f"Run [bold]{request.run_id}[/] already exists; watching it instead of starting it again.")
@@ -244,7 +244,7 @@ def status(
 
 
 async def _watch(run_id: str) -> RunState | None:
-    from workflows import FactoryRunWorkflow
+    from darkfactory.workflows import FactoryRunWorkflow
 
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)
@@ -256,8 +256,8 @@ async def _watch(run_id: str) -> RunState | None:
 
 
 async def fetch_status(run_id: str) -> RunState | None:
-    from factory_cli.run_state import read_run_state
-    from workflows import FactoryRunWorkflow
+    from darkfactory.cli.run_state import read_run_state
+    from darkfactory.workflows import FactoryRunWorkflow
 
     session = await open_session()
     workflow_id = await find_run(session.client, run_id)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from darkfactory.cli.session import UsageError, fail, open_session
 from darkfactory.constants import TASK_QUEUE, run_workflow_id
-from factory_cli.session import UsageError, fail, open_session
 
 if TYPE_CHECKING:
     from temporalio.client import (
@@ -118,8 +118,8 @@ def build_schedule(
         ScheduleState,
     )
 
-    from factory_cli.launch import run_search_attributes, run_summary
-    from workflows import FactoryRunWorkflow
+    from darkfactory.cli.launch import run_search_attributes, run_summary
+    from darkfactory.workflows import FactoryRunWorkflow
 
     return Schedule(
         action=ScheduleActionStartWorkflow(
@@ -161,8 +161,8 @@ def create(
     task_queue: str = typer.Option(TASK_QUEUE, help="The queue factory-worker serves."),
 ) -> None:
     """Create a schedule, or update the one with this name (its paused state and note are kept)."""
+    from darkfactory.cli.inputs import build_request
     from darkfactory.triggers.ids import schedule_id
-    from factory_cli.inputs import build_request
 
     try:
         check_name(name)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from factory_cli.session import fail, open_session, serve_locally
+from darkfactory.cli.session import fail, open_session, serve_locally
 
 if TYPE_CHECKING:
     from darkfactory.settings import Credentials
@@ -89,9 +89,9 @@ def serve(
 async def _serve(config: ServeConfig, credentials: Credentials, listener: socket.socket, worker: bool | None) -> None:
     import uvicorn
 
+    from darkfactory.cli.serve_app import Launcher, WebhookApp
     from darkfactory.settings import FactorySettings
     from darkfactory.telemetry import configure_logging
-    from factory_cli.serve_app import Launcher, WebhookApp
 
     session = await open_session()
     async with AsyncExitStack() as stack:

@@ -25,6 +25,9 @@ from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from darkfactory.cli.inputs import build_request
+from darkfactory.cli.launch import start_factory_run
+from darkfactory.cli.session import UsageError
 from darkfactory.constants import TASK_QUEUE, run_workflow_id
 from darkfactory.contracts import IssueRef, RunRequest, ShipMode, Trigger
 from darkfactory.settings import Credentials
@@ -33,9 +36,6 @@ from darkfactory.triggers.github_events import Ignored, issue_work
 from darkfactory.triggers.ids import alert_run_id, issue_run_id
 from darkfactory.triggers.serve_config import RepoTriggers, ServeConfig
 from darkfactory.triggers.signatures import bearer_valid, github_signature_valid, sentry_signature_valid
-from factory_cli.inputs import build_request
-from factory_cli.launch import start_factory_run
-from factory_cli.session import UsageError
 
 log = structlog.get_logger(__name__)
 RECENT_COMMITS = 10

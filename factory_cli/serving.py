@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from darkfactory import devserver
-from factory_cli.session import fail
+from darkfactory.cli.session import fail
 
 app = typer.Typer()
 

@@ -139,18 +139,18 @@ def _tracing_plugins() -> list[Plugin]:
     """The run-trace plugin (Temporal's OpenTelemetry spans, one trace per run) when traces are asked for.
     Checked on the environment first: setting tracing up loads the SDK's worker, which a command that only
     reads never needs."""
-    if "activities.tracing" not in sys.modules:
+    if "darkfactory.activities.tracing" not in sys.modules:
         if not any(name.startswith("OTEL_") for name in os.environ):
             return []  # nothing can ask for traces: skip loading the logging and tracing libraries
         from darkfactory.telemetry import tracing_requested
 
         if not tracing_requested():
             return []
-    from activities.tracing import configure_tracing
+    from darkfactory.activities.tracing import configure_tracing
 
     if not configure_tracing("darkfactory"):
         return []
-    from activities.run_trace import RunTracePlugin
+    from darkfactory.activities.run_trace import RunTracePlugin
 
     return [RunTracePlugin()]  # one trace per run (activities/run_trace.py)
 
@@ -265,7 +265,7 @@ async def open_session() -> Session:
 
 async def serve_locally(stack: AsyncExitStack, session: Session, task_queue: str) -> None:
     """Run a worker in this process on `task_queue` (and its model and gates queues) until the stack closes."""
-    import worker as worker_module
+    from darkfactory import worker as worker_module
     from darkfactory.settings import CredentialsError, SettingsError, load_credentials, load_factory_settings
     from darkfactory.telemetry import configure_logging
 
@@ -295,7 +295,7 @@ def exit_cleanly(run: Callable[[], object]) -> NoReturn:
         code = 130
     except Exception as exc:
         code = _unexpected(exc)
-    tracing = sys.modules.get("activities.tracing")  # loaded only when this process traced or served
+    tracing = sys.modules.get("darkfactory.activities.tracing")  # loaded only when this process traced or served
     if tracing is not None:
         tracing.shutdown_tracing()
     sys.stdout.flush()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from factory_cli.session import fail, find_run, open_session
+from darkfactory.cli.session import fail, find_run, open_session
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -17,9 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from darkfactory.cli.session import Session, seconds
 from darkfactory.constants import task_workflow_id
 from darkfactory.contracts import RunState
-from factory_cli.session import Session, seconds
 
 if TYPE_CHECKING:
     from temporalio.client import WorkflowHandle
@@ -83,8 +83,8 @@ async def watch_run(session: Session, handle: WorkflowHandle[Any, RunState], con
     With no worker to answer the query, the state the run last kept in its memo is drawn."""
     from temporalio.service import RPCError
 
-    from factory_cli.attach import memo_state
-    from workflows import FactoryRunWorkflow
+    from darkfactory.cli.attach import memo_state
+    from darkfactory.workflows import FactoryRunWorkflow
 
     started = (await handle.describe()).start_time
     result = asyncio.ensure_future(handle.result())

@@ -25,9 +25,9 @@ from temporalio.testing import WorkflowEnvironment
 from darkfactory.constants import SEARCH_ATTRIBUTES, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
 from darkfactory.settings import FactorySettings
-from worker import ModelClients, build_worker
-from workflows import FactoryRunWorkflow
-from workflows.search_attributes import all_keys
+from darkfactory.worker import ModelClients, build_worker
+from darkfactory.workflows import FactoryRunWorkflow
+from darkfactory.workflows.search_attributes import all_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"

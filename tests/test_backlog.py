@@ -25,12 +25,12 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from darkfactory.cli.backlog import read_backlog
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import backlog_workflow_id
-from factory_cli.backlog import read_backlog
+from darkfactory.workflows import BacklogWorkflow, FactoryRunWorkflow
 from tests.conftest import DEMO, factory_worker, time_skipping_server
 from tests.test_escalation import BIN, address
-from workflows import BacklogWorkflow, FactoryRunWorkflow
 
 TRANSCRIPT = f"scripted:{DEMO / 'transcript.json'}"
 SPEC = str(DEMO / "spec.md")

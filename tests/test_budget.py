@@ -24,8 +24,8 @@ from darkfactory.policy import BudgetLimits, PolicyError, parse_policy
 from darkfactory.pricing import estimate_cost_usd, priced_usage
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
+from darkfactory.workflows.factory_run import FactoryRunWorkflow
 from tests.conftest import DEMO, demo_transcript, factory_worker, git, request_for, write_transcript
-from workflows.factory_run import FactoryRunWorkflow
 
 MAX_TOKENS = 1024
 """Each call's output cap in these runs: a call's bound is its input plus this."""

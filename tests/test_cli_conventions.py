@@ -17,11 +17,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import starter
+from darkfactory import starter
 from tests.conftest import DEMO
 
 FACTORY = Path(sys.executable).parent / "factory"
-HEAVY = ("temporalio.worker", "workflows", "activities", "anthropic")
+HEAVY = ("temporalio.worker", "darkfactory.workflows", "darkfactory.activities", "anthropic")
 """What starting the CLI must not import: the SDK's worker, our workflows and activities, the model SDK."""
 
 

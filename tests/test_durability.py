@@ -26,8 +26,8 @@ from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import Timeouts
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, FakeReply, ScriptResponder
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, git, request_for, run_to_end
-from workflows import FactoryRunWorkflow
 
 WORKER = Path(sys.executable).parent / "factory-worker"
 MODEL = "claude-sonnet-5-5"

@@ -19,6 +19,7 @@ from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, run_workf
 from darkfactory.contracts import RunRequest, RunState
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import (
     demo_transcript,
     escalation_of,
@@ -28,7 +29,6 @@ from tests.conftest import (
     time_skipping_server,
     write_transcript,
 )
-from workflows import FactoryRunWorkflow
 
 BIN = Path(sys.executable).parent
 GIVE_UP = [{"content": [{"type": "text", "text": "I think it is fine as it is."}], "stop_reason": "end_turn"}]

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.metrics import MetricsBindError, parse_bind, serve_metrics
+from darkfactory.activities.metrics import MetricsBindError, parse_bind, serve_metrics
 from darkfactory.settings import TemporalSettings
+from darkfactory.worker import connect
 from tests.conftest import DEMO, request_for, run_to_end
-from worker import connect
 
 FACTORY_WORKER = Path(sys.executable).parent / "factory-worker"
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")

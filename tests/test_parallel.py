@@ -20,9 +20,9 @@ from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunState
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, ScriptResponder
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import factory_worker, git, request_for, write_transcript
 from tests.test_escalation import cli, with_policy
-from workflows import FactoryRunWorkflow
 
 MODEL = "claude-sonnet-5-5"
 EDIT = "str_replace_based_edit_tool"

@@ -24,19 +24,57 @@ def test_readme_opens_with_the_demo_and_the_test_command_and_ci_runs_the_latter(
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def _imports(path: Path) -> set[str]:
+def _modules(path: Path) -> set[str]:
+    """Every module the file imports, in full (`darkfactory.workflows.task`)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _modules(path)}
+
+
+LINKED = ("workflows", "activities", "cli", "worker", "starter")
+"""The design card's top-level folders and modules, linked into the package as `darkfactory.<name>`."""
+ORCHESTRATION = tuple(f"darkfactory.{name}" for name in LINKED)
+
+
+def _domain_library() -> list[Path]:
+    # rglob does not enter the linked folders; the linked modules (worker.py, starter.py) are skipped by hand.
+    return [path for path in (ROOT / "darkfactory").rglob("*.py") if not path.is_symlink()]
 
 
 def test_the_domain_library_knows_nothing_of_temporal() -> None:
     offenders = [
-        str(p) for p in (ROOT / "darkfactory").rglob("*.py") if _imports(p) & {"temporalio", "workflows", "activities"}
+        str(path)
+        for path in _domain_library()
+        if "temporalio" in _imports(path)
+        or any(module == name or module.startswith(name + ".") for module in _modules(path) for name in ORCHESTRATION)
+    ]
+    assert offenders == []
+
+
+def test_every_importable_name_lives_under_darkfactory() -> None:
+    """Installed, the top-level folders exist only as `darkfactory.workflows` etc.: code that imports them by
+    their folder names would work in the checkout and break (or shadow a user's own `workflows`) when installed."""
+    for name in LINKED:
+        link = ROOT / "darkfactory" / (name if name not in ("worker", "starter") else f"{name}.py")
+        assert link.is_symlink(), f"darkfactory/{link.name} should link the top-level {name}"
+    top_level = {"workflows", "activities", "factory_cli", "worker", "starter"}
+    sources = [
+        path
+        for path in ROOT.rglob("*.py")
+        if not {".venv", "build", "demo_files", "examples"} & set(path.relative_to(ROOT).parts)
+    ]
+    offenders = [
+        f"{path.relative_to(ROOT)}: imports {', '.join(sorted(_imports(path) & top_level))}"
+        for path in sources
+        if _imports(path) & top_level
     ]
     assert offenders == []
 

@@ -27,7 +27,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from darkfactory.constants import run_workflow_id
-from workflows import WORKFLOWS
+from darkfactory.workflows import WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
 

@@ -32,7 +32,7 @@ from darkfactory.run_report import (
 from tests.conftest import DEMO, make_repo, request_for, run_to_end
 from tests.local_cli import local_env
 
-REPORT = "import worker; from factory_cli.report import app; worker.exit_cleanly(app)"
+REPORT = "from darkfactory import worker; from darkfactory.cli.report import app; worker.exit_cleanly(app)"
 """The command group run the way `factory` runs its groups (starter.main), which mounts it."""
 UUID = r"[0-9a-f-]{36}"
 

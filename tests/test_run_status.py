@@ -15,10 +15,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from darkfactory.constants import SA_NEEDS_REVIEW, SA_REPO, SA_STATUS, SUMMARY_MEMO, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunState
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import demo_transcript, escalation_of, factory_worker, request_for, run_to_end, write_transcript
 from tests.test_escalation import address, cli, never_passing
 from tests.test_replay import record_history
-from workflows import FactoryRunWorkflow
 
 
 async def until_memo(handle: WorkflowHandle[Any, RunState], ready: Callable[[RunState], bool]) -> RunState:

@@ -16,9 +16,9 @@ from pathlib import Path
 from temporalio.client import Client, ScheduleDescription
 
 from darkfactory.triggers.ids import run_id_of_workflow, schedule_id
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, TEMPORAL_BIN, factory_worker, git
 from tests.test_escalation import address, cli
-from workflows import FactoryRunWorkflow
 
 TRANSCRIPT = f"scripted:{DEMO / 'transcript.json'}"
 

@@ -17,12 +17,12 @@ from darkfactory.gates import GateContext
 from darkfactory.gates.scope import scope_gate, touched_paths
 from darkfactory.policy import BINARY_BYTES_PER_LINE, Limits, Policy
 from darkfactory.target_env import TargetEnv
+from darkfactory.workflows.task import _deadline_veto
 from darkfactory.workspace import changed_paths
 from tests.conftest import git, request_for, time_skipping_server, write_transcript
 from tests.gate_repos import Content, Link, commit
 from tests.gate_repos import change_context as context
 from tests.test_escalation import APPROVE, started, with_policy
-from workflows.task import _deadline_veto
 
 
 @pytest.fixture

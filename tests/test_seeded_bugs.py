@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from darkfactory.scripted import context_from_request
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import escalation_of, git, request_for, run_to_end
 from tests.test_escalation import address, cli, started, with_policy
 from tests.third_party import (
@@ -33,7 +34,6 @@ from tests.third_party import (
     sdist_repo,
     wrong_fix,
 )
-from workflows import FactoryRunWorkflow
 
 TASK = "fix-typedkey"
 TYPEDKEY_TEST = "tests/test_keys.py::CacheKeysTest::test_typedkey"

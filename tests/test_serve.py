@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from darkfactory.cli.serve_app import Launcher, WebhookApp
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import IssueRef, RunRequest
 from darkfactory.settings import Credentials
@@ -26,11 +27,10 @@ from darkfactory.testing.fake_github import FakeGitHub
 from darkfactory.triggers.ids import issue_run_id
 from darkfactory.triggers.serve_config import parse_serve_config
 from darkfactory.triggers.signatures import hmac_sha256_hex
-from factory_cli.serve_app import Launcher, WebhookApp
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, escalation_of, factory_worker, git, request_for
 from tests.test_escalation import BIN, address, cli, never_passing, started
 from tests.test_replay import record_history
-from workflows import FactoryRunWorkflow
 
 TRANSCRIPT = f"scripted:{DEMO / 'transcript.json'}"
 WEBHOOK_SECRET = "webhook-secret-for-the-tests"

@@ -16,10 +16,10 @@ from temporalio.client import Client, WorkflowHandle
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import RunState, Timeouts
 from darkfactory.testing.fake_github import FakeGitHub
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, git, request_for, run_to_end
 from tests.test_durability import Worker
 from tests.test_escalation import address, cli, started, with_policy
-from workflows import FactoryRunWorkflow
 
 TOKEN = "ghp_test_not_a_real_token_0123456789"
 

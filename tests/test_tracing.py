@@ -25,17 +25,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tracing import configure_tracing
+from darkfactory.activities.tracing import configure_tracing
 from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput, RunRequest, RunState
 from darkfactory.settings import TemporalSettings
 from darkfactory.telemetry import configure_logging
 from darkfactory.testing.loopback import LoopbackServer
+from darkfactory.worker import connect
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, escalation_of, factory_worker, request_for
 from tests.test_escalation import never_passing
 from tests.test_metrics import free_port, scrape, total
-from worker import connect
-from workflows import FactoryRunWorkflow
 
 FACTORY_WORKER = Path(sys.executable).parent / "factory-worker"
 

@@ -18,12 +18,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import RunState
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, demo_transcript, git, make_repo, request_for, run_to_end
 from tests.local_cli import branches, local_env
-from workflows import FactoryRunWorkflow
 
-TRANSCRIPT = "from factory_cli.session import exit_cleanly; from factory_cli.transcript import app; exit_cleanly(app)"
-PRUNE = "from factory_cli.session import exit_cleanly; from factory_cli.prune import app; exit_cleanly(app)"
+TRANSCRIPT = (
+    "from darkfactory.cli.session import exit_cleanly; from darkfactory.cli.transcript import app; exit_cleanly(app)"
+)
+PRUNE = "from darkfactory.cli.session import exit_cleanly; from darkfactory.cli.prune import app; exit_cleanly(app)"
 """Each command group run the way `factory` runs its groups (starter.main mounts them)."""
 
 

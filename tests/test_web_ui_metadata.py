@@ -11,13 +11,13 @@ from pathlib import Path
 from rich.console import Console
 from temporalio.client import Client
 
+from darkfactory.cli.launch import start_factory_run
 from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunState
 from darkfactory.report import print_summary
-from factory_cli.launch import start_factory_run
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, factory_worker, request_for
 from tests.test_escalation import BIN, address
-from workflows import FactoryRunWorkflow
 
 
 async def activity_summaries(client: Client, workflow_id: str) -> list[str]:

@@ -16,8 +16,8 @@ from temporalio.client import Client
 
 from darkfactory.constants import queue_name, run_workflow_id, task_workflow_id
 from darkfactory.telemetry import configure_logging
+from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, factory_worker, request_for
-from workflows import FactoryRunWorkflow
 
 
 @pytest.fixture

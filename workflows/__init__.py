@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from workflows.backlog import BacklogWorkflow
-from workflows.factory_run import FactoryRunWorkflow
-from workflows.task import TaskWorkflow
+from darkfactory.workflows.backlog import BacklogWorkflow
+from darkfactory.workflows.factory_run import FactoryRunWorkflow
+from darkfactory.workflows.task import TaskWorkflow
 
 WORKFLOWS = [FactoryRunWorkflow, TaskWorkflow, BacklogWorkflow]
 

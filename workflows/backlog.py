@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
-from workflows.search_attributes import REPO, STATUS, TRIGGER
+from darkfactory.workflows.search_attributes import REPO, STATUS, TRIGGER
 
 with workflow.unsafe.imports_passed_through():
     from darkfactory.constants import run_workflow_id
@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
         backlog_view,
         item_view,
     )
-    from workflows.factory_run import FactoryRunWorkflow
+    from darkfactory.workflows.factory_run import FactoryRunWorkflow
 
 KEPT_DONE = 50
 """Ended or removed items kept in the state and memo (the runs themselves stay findable in `factory runs`)."""

@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.steps import Ended, OverBudget
+from darkfactory.workflows.steps import Ended, OverBudget
 
 with workflow.unsafe.imports_passed_through():
     from darkfactory.budget import raised

@@ -16,11 +16,11 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit import AuditActivities
+    from darkfactory.activities.audit import AuditActivities
     from darkfactory.contracts import AuditDecisionInput, Decision, DecisionAction, DecisionInput, EscalationState
     from darkfactory.policy import Escalation
 
-from workflows.search_attributes import NEEDS_REVIEW, STATUS
+from darkfactory.workflows.search_attributes import NEEDS_REVIEW, STATUS
 
 
 class DecisionDesk:

@@ -15,19 +15,19 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.budgets import tell_running_tasks
-from workflows.escalation import DecisionDesk
-from workflows.issue_reports import IssueReporter
-from workflows.merge_queue import MergeQueue
-from workflows.planning import plan_run
-from workflows.run_book import RunBook, RunFailed, failing_gates
-from workflows.shipping import Shipping
-from workflows.task_rounds import TaskRounds, cancel_all
+from darkfactory.workflows.budgets import tell_running_tasks
+from darkfactory.workflows.escalation import DecisionDesk
+from darkfactory.workflows.issue_reports import IssueReporter
+from darkfactory.workflows.merge_queue import MergeQueue
+from darkfactory.workflows.planning import plan_run
+from darkfactory.workflows.run_book import RunBook, RunFailed, failing_gates
+from darkfactory.workflows.shipping import Shipping
+from darkfactory.workflows.task_rounds import TaskRounds, cancel_all
 
 with workflow.unsafe.imports_passed_through():
-    from activities import metrics
-    from activities.gates import GateActivities
-    from activities.workspace import WorkspaceActivities
+    from darkfactory.activities import metrics
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.workspace import WorkspaceActivities
     from darkfactory.budget import run_budget_spent
     from darkfactory.constants import TASK_ESCALATION_SIGNAL, TASK_READY_SIGNAL
     from darkfactory.contracts import (
@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.plan import blocked_by, ready_tasks
     from darkfactory.policy import GateName
     from darkfactory.triggers.ids import tick_run_id
-    from workflows.steps import run_step
+    from darkfactory.workflows.steps import run_step
 
 INTEGRATION_TASK = "_integration"
 """Worktree name for verifying the integration branch (not a valid task id, so it cannot collide)."""

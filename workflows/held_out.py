@@ -16,12 +16,12 @@ from functools import partial
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.budgets import BudgetGuard
-from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, cause_of, over_budget, queue_of, step
+from darkfactory.workflows.budgets import BudgetGuard
+from darkfactory.workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, cause_of, over_budget, queue_of, step
 
 with workflow.unsafe.imports_passed_through():
-    from activities.gates import GateActivities
-    from activities.model import ModelActivities
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.model import ModelActivities
     from darkfactory.contracts import (
         AcceptanceCheck,
         AcceptanceInput,

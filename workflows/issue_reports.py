@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.run_book import RunFailed
-from workflows.steps import run_step
+from darkfactory.workflows.run_book import RunFailed
+from darkfactory.workflows.steps import run_step
 
 with workflow.unsafe.imports_passed_through():
-    from activities.notify import NotifyActivities
+    from darkfactory.activities.notify import NotifyActivities
     from darkfactory.contracts import EscalationState, IssueCommentInput, RunRequest, RunState
     from darkfactory.triggers.comments import escalation_comment, outcome_comment
 

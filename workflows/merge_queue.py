@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from temporalio import workflow
 
-from workflows.steps import ActivityRunner
+from darkfactory.workflows.steps import ActivityRunner
 
 with workflow.unsafe.imports_passed_through():
-    from activities import metrics
-    from activities.gates import GateActivities
-    from activities.workspace import WorkspaceActivities
+    from darkfactory.activities import metrics
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.workspace import WorkspaceActivities
     from darkfactory.contracts import (
         GateReport,
         MergeResult,

@@ -7,13 +7,13 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.run_book import RunFailed
+from darkfactory.workflows.run_book import RunFailed
 
 with workflow.unsafe.imports_passed_through():
-    from activities.errors import INVALID_PLAN
-    from activities.model import ModelActivities
+    from darkfactory.activities.errors import INVALID_PLAN
+    from darkfactory.activities.model import ModelActivities
     from darkfactory.contracts import BudgetCheck, PlanInput, PlanResult, PreparedRun, RunRequest
-    from workflows.steps import MODEL_RETRY, cause_of, queue_for
+    from darkfactory.workflows.steps import MODEL_RETRY, cause_of, queue_for
 
 
 async def plan_run(request: RunRequest, prepared: PreparedRun, budget: BudgetCheck | None) -> PlanResult:

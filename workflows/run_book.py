@@ -11,10 +11,10 @@ from datetime import datetime
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.search_attributes import NEEDS_REVIEW, REPO, STATUS
+from darkfactory.workflows.search_attributes import NEEDS_REVIEW, REPO, STATUS
 
 with workflow.unsafe.imports_passed_through():
-    from activities import metrics
+    from darkfactory.activities import metrics
     from darkfactory.constants import SUMMARY_MEMO
     from darkfactory.contracts import GateReport, RunPhase, RunState, TaskEscalation, TaskState, TaskSummary, Usage
 

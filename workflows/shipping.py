@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.escalation import DecisionDesk
-from workflows.run_book import RunBook, RunFailed, failing_gates
-from workflows.steps import ActivityRunner
+from darkfactory.workflows.escalation import DecisionDesk
+from darkfactory.workflows.run_book import RunBook, RunFailed, failing_gates
+from darkfactory.workflows.steps import ActivityRunner
 
 with workflow.unsafe.imports_passed_through():
-    from activities.gates import GateActivities
-    from activities.workspace import WorkspaceActivities
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.workspace import WorkspaceActivities
     from darkfactory.contracts import (
         Decision,
         GateReport,

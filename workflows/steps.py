@@ -16,12 +16,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
-from workflows.run_book import RunFailed
+from darkfactory.workflows.run_book import RunFailed
 
 with workflow.unsafe.imports_passed_through():
-    from activities.errors import OVER_BUDGET
-    from activities.gates import GateActivities
-    from activities.model import ModelActivities
+    from darkfactory.activities.errors import OVER_BUDGET
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.model import ModelActivities
     from darkfactory.constants import queue_name
     from darkfactory.contracts import TaskOutcome
 

@@ -17,18 +17,18 @@ from functools import partial
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.budgets import BudgetGuard
-from workflows.escalation import DecisionDesk
-from workflows.held_out import held_out_suite
-from workflows.run_link import RunLink
-from workflows.search_attributes import NEEDS_REVIEW, STATUS
-from workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
+from darkfactory.workflows.budgets import BudgetGuard
+from darkfactory.workflows.escalation import DecisionDesk
+from darkfactory.workflows.held_out import held_out_suite
+from darkfactory.workflows.run_link import RunLink
+from darkfactory.workflows.search_attributes import NEEDS_REVIEW, STATUS
+from darkfactory.workflows.steps import MODEL_RETRY, STEP_RETRY, Ended, step
 
 with workflow.unsafe.imports_passed_through():
-    from activities import metrics
-    from activities.gates import GateActivities
-    from activities.model import ModelActivities
-    from activities.workspace import WorkspaceActivities
+    from darkfactory.activities import metrics
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.model import ModelActivities
+    from darkfactory.activities.workspace import WorkspaceActivities
     from darkfactory.constants import RUN_SPENT_SIGNAL, TASK_ESCALATION_SIGNAL
     from darkfactory.contracts import (
         AcceptanceSuite,

@@ -18,15 +18,15 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
 from temporalio.workflow import ChildWorkflowHandle
 
-from workflows.merge_queue import MergeQueue
-from workflows.run_book import RunBook
-from workflows.search_attributes import REPO, STATUS
+from darkfactory.workflows.merge_queue import MergeQueue
+from darkfactory.workflows.run_book import RunBook
+from darkfactory.workflows.search_attributes import REPO, STATUS
 
 with workflow.unsafe.imports_passed_through():
     from darkfactory.constants import task_workflow_id
     from darkfactory.contracts import PlannedTask, PreparedRun, RunRequest, TaskInput, TaskResult, TaskState
-    from workflows.steps import cause_of
-    from workflows.task import TaskWorkflow
+    from darkfactory.workflows.steps import cause_of
+    from darkfactory.workflows.task import TaskWorkflow
 
 MERGE_ROUNDS = 3
 """Rounds a task gets to merge cleanly (conflicts, regressions) before it fails."""
