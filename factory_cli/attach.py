@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from darkfactory.cli.pollers import unserved_queues, warn_if_unserved
+from darkfactory.cli.run_state import memo_state
 from darkfactory.cli.session import Session, fail, find_run, open_session, seconds, serve_locally
 from darkfactory.constants import task_workflow_id
 from darkfactory.contracts import RunState
@@ -91,19 +92,6 @@ async def watch(session: Session, handle: WorkflowHandle[Any, RunState], console
         if not result_task.done():
             result_task.cancel()
     return result_task.result()
-
-
-async def memo_state(handle: WorkflowHandle[Any, RunState]) -> RunState | None:
-    from temporalio.service import RPCError
-
-    from darkfactory.constants import SUMMARY_MEMO
-
-    try:
-        description = await handle.describe()
-        kept = await description.memo_value(SUMMARY_MEMO, None, type_hint=RunState)
-    except (RPCError, ValueError):
-        return None
-    return kept if isinstance(kept, RunState) else None
 
 
 async def _task_progress(session: Session, run_id: str, task_id: str) -> dict[str, Any] | None:

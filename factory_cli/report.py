@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from darkfactory.cli.history import decode_first
 from darkfactory.cli.session import fail, find_run, open_session, seconds
 from darkfactory.constants import task_workflow_id
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from temporalio.api.common.v1 import Payloads
     from temporalio.api.history.v1 import HistoryEvent
     from temporalio.client import Client, WorkflowHistory
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 # imports this module to list its commands, and that should not cost seconds.
 
 app = typer.Typer()
-T = TypeVar("T")
 FEEDBACK_LINES = 8
 """Lines of an attempt's feedback the text report shows (the JSON and HTML carry all of it)."""
 
@@ -110,10 +109,12 @@ async def gather(client: Client, workflow_id: str, ui_url: str | None) -> RunFac
         name = event.activity_task_scheduled_event_attributes.activity_type.name
         detail = ""
         if name == "run_gates":
-            gates_input = await _decode(client, event.activity_task_scheduled_event_attributes.input, RunGatesInput)
+            gates_input = await decode_first(
+                client, event.activity_task_scheduled_event_attributes.input, RunGatesInput
+            )
             detail = gates_input.purpose if gates_input is not None else ""
         if name == "plan_run" and end is not None and end.HasField("activity_task_completed_event_attributes"):
-            plan = await _decode(client, end.activity_task_completed_event_attributes.result, PlanResult) or plan
+            plan = await decode_first(client, end.activity_task_completed_event_attributes.result, PlanResult) or plan
         steps.append(StepFacts(name=name, detail=detail, started=_time(event), ended=_time(end) if end else None))
     for event in history.events:
         if event.HasField("child_workflow_execution_started_event_attributes"):
@@ -156,7 +157,7 @@ async def _task_run(client: Client, state: RunState, workflow_id: str, run_id: s
     for event, end in _activities(history):
         scheduled = event.activity_task_scheduled_event_attributes
         kind = attempt_inputs().get(scheduled.activity_type.name)
-        arg = await _decode(client, scheduled.input, kind) if kind is not None else None
+        arg = await decode_first(client, scheduled.input, kind) if kind is not None else None
         if arg is None:
             continue
         facts = attempts.setdefault(arg.attempt, {"attempt": arg.attempt, "started": _time(event), "gates": []})
@@ -168,11 +169,11 @@ async def _task_run(client: Client, state: RunState, workflow_id: str, run_id: s
         if end is None or not end.HasField("activity_task_completed_event_attributes"):
             continue
         done = end.activity_task_completed_event_attributes.result
-        if isinstance(arg, AgentTurnInput) and (answer := await _decode(client, done, AgentTurnResult)):
+        if isinstance(arg, AgentTurnInput) and (answer := await decode_first(client, done, AgentTurnResult)):
             facts["usage"] = facts.get("usage", Usage()) + answer.usage
-        elif isinstance(arg, RunGatesInput) and (gates := await _decode(client, done, GateReport)):
+        elif isinstance(arg, RunGatesInput) and (gates := await decode_first(client, done, GateReport)):
             facts["gates"] = list(gates.results)
-        elif isinstance(arg, ReviewInput) and (review := await _decode(client, done, ReviewResult)):
+        elif isinstance(arg, ReviewInput) and (review := await decode_first(client, done, ReviewResult)):
             verdict = review.verdict
             facts["review"] = verdict
             facts["usage"] = facts.get("usage", Usage()) + review.usage
@@ -183,7 +184,7 @@ async def _task_run(client: Client, state: RunState, workflow_id: str, run_id: s
     result = None
     closing = history.events[-1] if history.events else None
     if closing is not None and closing.HasField("workflow_execution_completed_event_attributes"):
-        result = await _decode(client, closing.workflow_execution_completed_event_attributes.result, TaskResult)
+        result = await decode_first(client, closing.workflow_execution_completed_event_attributes.result, TaskResult)
     return TaskRunFacts(
         task_id=task_id,
         workflow_id=workflow_id,
@@ -230,18 +231,6 @@ def _closed(history: WorkflowHistory) -> datetime | None:
 
 def _time(event: HistoryEvent) -> datetime:
     return event.event_time.ToDatetime(tzinfo=UTC)
-
-
-async def _decode(client: Client, payloads: Payloads, kind: type[T]) -> T | None:
-    """The first payload as `kind`, or None when there is none or it has another shape (an older history)."""
-    if not payloads.payloads:
-        return None
-    try:
-        values = await client.data_converter.decode(payloads.payloads, [kind])
-    except (ValueError, TypeError):
-        return None
-    value: T = values[0]
-    return value
 
 
 # -- text ------------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from darkfactory.constants import SUMMARY_MEMO
-from darkfactory.contracts import RunState
 
 if TYPE_CHECKING:
-    from temporalio.client import WorkflowHandle
+    from temporalio.client import WorkflowExecutionDescription, WorkflowHandle
+
+    from darkfactory.contracts import RunState
 
 
 async def read_run_state(handle: WorkflowHandle[Any, RunState]) -> RunState | None:
@@ -22,14 +23,36 @@ async def read_run_state(handle: WorkflowHandle[Any, RunState]) -> RunState | No
     from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError
 
+    from darkfactory.contracts import RunState
+
     description = await handle.describe()
     if description.status == WorkflowExecutionStatus.COMPLETED:
         return await handle.result()
-    memo = await description.memo_value(SUMMARY_MEMO, None)
-    if memo is not None:
-        return RunState.model_validate(memo)
+    kept = await _from_memo(description)
+    if kept is not None:
+        return kept
     try:
         state: RunState | None = await handle.query("status", result_type=RunState, rpc_timeout=timedelta(seconds=5))
     except RPCError:
         return None
     return state
+
+
+async def memo_state(handle: WorkflowHandle[Any, RunState]) -> RunState | None:
+    """The live state the run keeps in its memo; None for a run that keeps none (or a server that is gone)."""
+    from temporalio.service import RPCError
+
+    try:
+        return await _from_memo(await handle.describe())
+    except RPCError:
+        return None
+
+
+async def _from_memo(description: WorkflowExecutionDescription) -> RunState | None:
+    from darkfactory.contracts import RunState
+
+    try:
+        kept = await description.memo_value(SUMMARY_MEMO, None, type_hint=RunState)
+    except ValueError:  # a memo of another shape (a newer or older factory)
+        return None
+    return kept if isinstance(kept, RunState) else None

@@ -13,21 +13,20 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from darkfactory.cli.history import decode_first
 from darkfactory.cli.session import fail, find_run, open_session
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from temporalio.api.common.v1 import Payloads
     from temporalio.client import Client
 
     from darkfactory.contracts import BlobRef, GateResult
 
 app = typer.Typer()
-T = TypeVar("T")
 RESULT_LINES = 12
 """Lines of a tool result the text shows (`--json` has all of them)."""
 TEXT_LINES = 40
@@ -149,7 +148,7 @@ async def _attempts_of_round(client: Client, workflow_id: str, run_id: str) -> l
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attributes = event.activity_task_scheduled_event_attributes
             kind = kinds.get(attributes.activity_type.name)
-            arg = await _decode(client, attributes.input, kind) if kind is not None else None
+            arg = await decode_first(client, attributes.input, kind) if kind is not None else None
             if arg is None:
                 continue
             scheduled[event.event_id] = arg
@@ -160,14 +159,14 @@ async def _attempts_of_round(client: Client, workflow_id: str, run_id: str) -> l
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = event.activity_task_completed_event_attributes
             arg = scheduled.get(done.scheduled_event_id)
-            if isinstance(arg, AgentTurnInput) and (answer := await _decode(client, done.result, AgentTurnResult)):
+            if isinstance(arg, AgentTurnInput) and (answer := await decode_first(client, done.result, AgentTurnResult)):
                 attempts[arg.attempt].transcript_ref = answer.transcript_ref
-            elif isinstance(arg, RunToolsInput) and (tools := await _decode(client, done.result, RunToolsResult)):
+            elif isinstance(arg, RunToolsInput) and (tools := await decode_first(client, done.result, RunToolsResult)):
                 attempts[arg.attempt].transcript_ref = tools.transcript_ref
-            elif isinstance(arg, RunGatesInput) and (report := await _decode(client, done.result, GateReport)):
+            elif isinstance(arg, RunGatesInput) and (report := await decode_first(client, done.result, GateReport)):
                 attempts[arg.attempt].gates = list(report.results)
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            result = await _decode(client, event.workflow_execution_completed_event_attributes.result, TaskResult)
+            result = await decode_first(client, event.workflow_execution_completed_event_attributes.result, TaskResult)
         if event.event_type in closing_events:
             for here in attempts.values():
                 here.stop = "unfinished" if here.stop == "running" else here.stop
@@ -177,18 +176,6 @@ async def _attempts_of_round(client: Client, workflow_id: str, run_id: str) -> l
         here.transcript_ref, here.gates = record.transcript_ref, list(record.gates)
         here.turns, here.stop = record.turns, record.stop
     return list(attempts.values())
-
-
-async def _decode(client: Client, payloads: Payloads, kind: type[T]) -> T | None:
-    """The first payload as `kind`, or None when there is none or it has another shape (an older history)."""
-    if not payloads.payloads:
-        return None
-    try:
-        values = await client.data_converter.decode(payloads.payloads, [kind])
-    except (ValueError, TypeError):
-        return None
-    value: T = values[0]
-    return value
 
 
 # -- output ----------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ async def watch_run(session: Session, handle: WorkflowHandle[Any, RunState], con
     With no worker to answer the query, the state the run last kept in its memo is drawn."""
     from temporalio.service import RPCError
 
-    from darkfactory.cli.attach import memo_state
+    from darkfactory.cli.run_state import memo_state
     from darkfactory.workflows import FactoryRunWorkflow
 
     started = (await handle.describe()).start_time

@@ -4,27 +4,31 @@ scripted transcripts and an in-process factory worker on a unique task queue per
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from darkfactory.constants import SEARCH_ATTRIBUTES, run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunConfig, RunRequest, RunState, Timeouts
 from darkfactory.settings import FactorySettings
+from darkfactory.telemetry import configure_logging
 from darkfactory.worker import ModelClients, build_worker
 from darkfactory.workflows import FactoryRunWorkflow
 from darkfactory.workflows.search_attributes import all_keys
@@ -180,3 +184,30 @@ async def escalation_of(client: Client, run_id: str, task_id: str) -> dict[str, 
         if progress["escalation"]:
             return progress
     raise AssertionError(f"{child_id} ended without escalating")
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The factory's JSON-lines logging into a buffer for one test, then the test session's logging back."""
+    root = logging.getLogger()
+    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    yield stream
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+@pytest_asyncio.fixture
+async def run_ids(client: Client) -> AsyncIterator[list[str]]:
+    """Run ids a test starts; whatever still runs at its end is terminated (nothing is left to serve them)."""
+    ids: list[str] = []
+    yield ids
+    for run_id in ids:
+        handle = client.get_workflow_handle(run_workflow_id(run_id))
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate("test over")

@@ -8,11 +8,9 @@ import json
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,17 +24,6 @@ SCRIPTED = f"scripted:{DEMO / 'transcript.json'}"
 @pytest.fixture
 def env(temporal_env: WorkflowEnvironment, factory_home: Path) -> dict[str, str]:
     return local_env(temporal_env, factory_home)
-
-
-@pytest_asyncio.fixture
-async def run_ids(client: Client) -> AsyncIterator[list[str]]:
-    """Run ids a test starts; whatever still runs at its end is terminated (nothing is left to serve them)."""
-    ids: list[str] = []
-    yield ids
-    for run_id in ids:
-        handle = client.get_workflow_handle(run_workflow_id(run_id))
-        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            await handle.terminate("test over")
 
 
 def run_args(repo: Path, run_id: str, *extra: str) -> list[str]:

@@ -8,15 +8,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from darkfactory.constants import run_workflow_id
 from tests.conftest import DEMO
 from tests.local_cli import FACTORY, WORKER, factory, local_env, read_until
 
@@ -28,17 +24,6 @@ WARNING = "warning: no worker polls task queues darkfactory, darkfactory-model, 
 def remote_env(temporal_env: WorkflowEnvironment, factory_home: Path) -> dict[str, str]:
     address = temporal_env.client.service_client.config.target_host
     return local_env(temporal_env, factory_home, TEMPORAL_ADDRESS=address)
-
-
-@pytest_asyncio.fixture
-async def run_ids(client: Client) -> AsyncIterator[list[str]]:
-    """Run ids a test starts; whatever still runs at its end is terminated, so no later worker picks it up."""
-    ids: list[str] = []
-    yield ids
-    for run_id in ids:
-        handle = client.get_workflow_handle(run_workflow_id(run_id))
-        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            await handle.terminate("test over")
 
 
 def detach(env: dict[str, str], repo: Path, run_id: str) -> subprocess.CompletedProcess[str]:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
@@ -29,7 +26,6 @@ from darkfactory.activities.tracing import configure_tracing
 from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import DecisionInput, RunRequest, RunState
 from darkfactory.settings import TemporalSettings
-from darkfactory.telemetry import configure_logging
 from darkfactory.testing.loopback import LoopbackServer
 from darkfactory.worker import connect
 from darkfactory.workflows import FactoryRunWorkflow
@@ -46,22 +42,6 @@ def exporter() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     assert configure_tracing("darkfactory-test", exporter=exporter)
     return exporter
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """The factory's JSON-lines logging into a buffer for one test, then the test session's logging back."""
-    root = logging.getLogger()
-    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    yield stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 class OtlpCollector(LoopbackServer):

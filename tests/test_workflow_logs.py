@@ -6,34 +6,15 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import structlog
 from temporalio.client import Client
 
 from darkfactory.constants import queue_name, run_workflow_id, task_workflow_id
-from darkfactory.telemetry import configure_logging
 from darkfactory.workflows import FactoryRunWorkflow
 from tests.conftest import DEMO, factory_worker, request_for
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """The worker's JSON-lines logging into a buffer for one test, then the test session's logging back."""
-    root = logging.getLogger()
-    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    yield stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 def lines_of(stream: io.StringIO) -> list[dict[str, Any]]:
