@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 
 import structlog
 import typer
@@ -125,6 +126,7 @@ def build_worker(
                 client,
                 task_queue=queue_name(task_queue, "workflows"),
                 workflows=WORKFLOWS,
+                sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),
                 activities=[
                     workspace.prepare_run,
                     workspace.open_workspace,

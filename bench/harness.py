@@ -249,6 +249,8 @@ class Bench:
             ANTHROPIC_API_KEY="sk-bench-local-only",
             **(extra_env or {}),
         )
+        if "DARKFACTORY_STICKY_TIMEOUT_S" in os.environ:  # a knob to measure (README: the sticky timeout)
+            env.setdefault("DARKFACTORY_STICKY_TIMEOUT_S", os.environ["DARKFACTORY_STICKY_TIMEOUT_S"])
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         log = (logs / f"worker-{len(self.workers) + 1}.log").open("ab")

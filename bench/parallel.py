@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from harness import CALLS_PER_TASK, Bench, progress, require_success, run_request, timed, write_transcript
-from history import run_spans
+from history import run_spans, workflow_task_timeouts
 
 from darkfactory.contracts import Timeouts
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
@@ -42,6 +42,8 @@ class ParallelResult:
     """Every gate activity's time, summed (they overlap: two run at once on two cores)."""
     regression_s: float
     """The merge queue's integration-suite runs, summed (these do not overlap)."""
+    sticky_timeouts: int = 0
+    """Workflow tasks whose sticky queue timed out with the worker alive (busy): each replayed the history."""
 
     @property
     def ideal_s(self) -> float:
@@ -99,6 +101,7 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
         regression_gates=len(regressions),
         gates_s=sum(s.duration_s for s in gates),
         regression_s=sum(s.duration_s for s in regressions),
+        sticky_timeouts=await workflow_task_timeouts(bench.client, summary),
     )
 
 

@@ -34,6 +34,10 @@ class FactorySettings(BaseSettings):
     """Cap on model calls per second across the whole queue (`DARKFACTORY_MODEL_CALLS_PER_SECOND`)."""
     gate_concurrency: int | None = None
     """Gate runs at once per worker process; None: the number of cores."""
+    sticky_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a workflow task waits on the sticky queue of the worker that has the workflow cached before any
+    worker may take it (`DARKFACTORY_STICKY_TIMEOUT_S`; the SDK's default is 10 s). After a worker dies, its
+    workflows wait this long; a live worker too busy to answer in time costs a replay of the history elsewhere."""
 
     @field_validator("home", mode="before")
     @classmethod

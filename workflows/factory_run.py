@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError
 from darkfactory.workflows.budgets import tell_running_tasks
 from darkfactory.workflows.escalation import DecisionDesk
 from darkfactory.workflows.issue_reports import IssueReporter
-from darkfactory.workflows.merge_queue import MergeQueue
+from darkfactory.workflows.merge_queue import MergeQueue, integration_gates
 from darkfactory.workflows.planning import plan_run
 from darkfactory.workflows.run_book import RunBook, RunFailed, failing_gates
 from darkfactory.workflows.shipping import Shipping
@@ -48,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from darkfactory.plan import blocked_by, ready_tasks
-    from darkfactory.policy import GateName
     from darkfactory.triggers.ids import tick_run_id
     from darkfactory.workflows.steps import run_step
 
@@ -162,6 +161,21 @@ class FactoryRunWorkflow:
             raise RunFailed(f"{len(not_merged)} task(s) did not merge: {', '.join(not_merged)}; nothing shipped")
 
         self._book.set_phase("verifying")
+        await self._verify(request, prepared, head)
+        await self._shipping.ship(request, prepared, head)
+        self._book.set_phase("shipped")
+
+    async def _verify(self, request: RunRequest, prepared: PreparedRun, head: str) -> None:
+        """The integration branch's gates on the final head, before anything ships."""
+        config = request.config
+        timeouts = config.timeouts
+        verified = self._queue.verified
+        if verified is not None and verified.head == head and workflow.patched("skip-verified-integration"):
+            # The last merge landed the very tree its task's gates passed in (nothing merged since it branched,
+            # the whole suite run in that tree): verifying it again would repeat the same work on the same tree.
+            note = f"not run again: this very tree passed it in task {verified.task_id}'s gates"
+            self._book.update(final_gates=[g.model_copy(update={"notes": [*g.notes, note]}) for g in verified.gates])
+            return
         report: GateReport = await run_step(
             GateActivities.run_gates,
             RunGatesInput(
@@ -173,8 +187,8 @@ class FactoryRunWorkflow:
                 base_sha=prepared.base_sha,
                 config=config,
                 # Each task's scope, acceptance and review were judged on its own change.
-                policy=prepared.policy.model_copy(update={"gates": _integration_gates(prepared)}),
-                baseline=baseline,
+                policy=prepared.policy.model_copy(update={"gates": integration_gates(prepared.policy)}),
+                baseline=prepared.baseline,
                 purpose="integration",
             ),
             timeouts.gates_s,
@@ -184,9 +198,6 @@ class FactoryRunWorkflow:
         if not report.passed:
             metrics.record_gate_failures(workflow.metric_meter(), report.results, "integration")
             raise RunFailed("the integration branch failed its gates after merging: " + failing_gates(report))
-
-        await self._shipping.ship(request, prepared, head)
-        self._book.set_phase("shipped")
 
     # -- people --------------------------------------------------------------------------------------
 
@@ -281,7 +292,3 @@ def _run_budget(prepared: PreparedRun, spent: Usage) -> BudgetCheck | None:
         return None
     # The plan belongs to no task: only the run's limits apply to it.
     return BudgetCheck(limits=limits.model_copy(update={"task_tokens": None, "task_usd": None}), run_spent=spent)
-
-
-def _integration_gates(prepared: PreparedRun) -> list[GateName]:
-    return [gate for gate in prepared.policy.gates if gate not in ("scope", "acceptance", "review")]

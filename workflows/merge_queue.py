@@ -4,12 +4,17 @@ A task's change was gated on the head it branched from. When nothing else merged
 exactly the tree the merge produces; otherwise the combination is new and the regression gate runs on it.
 A conflict, or a merge that breaks the suite (undone by a compare-and-swap of the branch), is returned as the
 problem for the task's next round on the new head.
+
+The queue also knows when its head is a tree that already passed every integration gate, the whole suite run
+in that very tree (`verified`): the task merged with nothing else merged since it branched, and its last
+attempt passed them all there. The run's final verification would only repeat that, so it is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from temporalio import workflow
 
@@ -21,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.activities.workspace import WorkspaceActivities
     from darkfactory.contracts import (
         GateReport,
+        GateResult,
         MergeResult,
         MergeTaskInput,
         PlannedTask,
@@ -29,6 +35,35 @@ with workflow.unsafe.imports_passed_through():
         RunGatesInput,
         RunRequest,
     )
+    from darkfactory.policy import GateName, Policy
+
+NOT_AT_INTEGRATION: tuple[GateName, ...] = ("scope", "acceptance", "review")
+"""Gates judged on each task's own change, not on the integration branch."""
+
+
+def integration_gates(policy: Policy) -> list[GateName]:
+    return [gate for gate in policy.gates if gate not in NOT_AT_INTEGRATION]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The head is a tree on which every integration gate passed: in this task's gates, the suite in that tree."""
+
+    head: str
+    task_id: str
+    gates: list[GateResult]
+
+
+def passed_everything_there(policy: Policy, gates: list[GateResult]) -> list[GateResult] | None:
+    """The integration gates' results among a task's last gates when every one passed and the tests ran in the
+    commit's own tree; None otherwise (a gate missing or failed, a person's approval, a judged tree)."""
+    found = {result.gate: result for result in gates}
+    needed = integration_gates(policy)
+    if not all(gate in found and found[gate].passed for gate in needed):
+        return None
+    if "tests" in needed and not found["tests"].exact_tree:
+        return None
+    return [found[gate] for gate in needed]
 
 
 class MergeQueue:
@@ -39,6 +74,7 @@ class MergeQueue:
         self._lock = asyncio.Lock()
         self._depth = 0
         self.head = ""
+        self.verified: Verified | None = None
 
     async def merge(
         self,
@@ -48,6 +84,7 @@ class MergeQueue:
         base: str,
         sha: str,
         on_merged_while_cancelled: Callable[[], None],
+        gates: list[GateResult] | None = None,
     ) -> str:
         """Merge one task, one merge at a time; '' on success, else the problem for the task's next round.
 
@@ -57,7 +94,7 @@ class MergeQueue:
         self._set_depth(request.run_id, +1)
         try:
             async with self._lock:
-                job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha))
+                job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha, gates or []))
                 try:
                     return await asyncio.shield(job)
                 except asyncio.CancelledError:
@@ -73,7 +110,13 @@ class MergeQueue:
         metrics.set_merge_queue_depth(workflow.metric_meter(), run_id, self._depth)
 
     async def _merge_locked(
-        self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, base: str, sha: str
+        self,
+        request: RunRequest,
+        task: PlannedTask,
+        prepared: PreparedRun,
+        base: str,
+        sha: str,
+        gates: list[GateResult],
     ) -> str:
         timeouts = request.config.timeouts
         previous = self.head
@@ -99,6 +142,8 @@ class MergeQueue:
         if merged.integration_sha == previous or previous == base:
             # Nothing else was merged since the task branched: its own gates already ran on this very tree.
             self.head = merged.integration_sha
+            passed = passed_everything_there(prepared.policy, gates)
+            self.verified = Verified(self.head, task.id, passed) if passed is not None else None
             return ""
         # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.
         report: GateReport = await self._run_activity(
@@ -121,6 +166,7 @@ class MergeQueue:
         )
         if report.passed:
             self.head = merged.integration_sha
+            self.verified = None  # only the suite ran on this combination
             return ""
         metrics.record_gate_failures(workflow.metric_meter(), report.results, "regression")
         await self._run_activity(

@@ -109,7 +109,13 @@ class TaskRounds:
             self._book.set_task(task.id, state="running", **summary)
             try:
                 problem = await self._queue.merge(
-                    request, task, prepared, base, result.final_sha, lambda: self._set_merged(task.id)
+                    request,
+                    task,
+                    prepared,
+                    base,
+                    result.final_sha,
+                    lambda: self._set_merged(task.id),
+                    result.attempts[-1].gates if result.attempts else [],
                 )
             except asyncio.CancelledError:
                 await _settle(handle, "merged" if self._book.task(task.id).state == "merged" else "cancelled")

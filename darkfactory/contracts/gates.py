@@ -84,6 +84,9 @@ class GateResult(Frozen):
     """Passed, but a person must approve before merging (protected path, large diff); says why."""
     notes: list[str] = Field(default_factory=list)
     """Things worth knowing that are not failures: flaky tests, failures already present on the base."""
+    exact_tree: bool = False
+    """The tests gate only: the whole suite passed in the commit's own tree (not in a judged tree, where the base's
+    versions of edited tests and configuration ran). Then this tree needs no second full-suite run."""
     touches_always_protected: bool = False
     """The scope gate only: the change touches CI configuration or the factory policy (`ALWAYS_PROTECTED`), or
     could not be measured. An escalation of such a change is rejected at its deadline, whatever the policy says."""

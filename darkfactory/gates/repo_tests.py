@@ -314,6 +314,9 @@ class _PytestGate:
             feedback=bounded(feedback) if not passed else "",
             details_ref=details_blob(self.ctx, self.outputs),
             notes=notes,
+            # Passing results come only after the whole suite ran; the judged tree is the commit's own tree
+            # when the change left every existing test and the configuration alone.
+            exact_tree=passed and (self.judged is None or self.judged.sha == self.ctx.sha),
         )
 
 
