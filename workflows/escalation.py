@@ -7,13 +7,14 @@ the person's answer to the desk, which records it with who, when, the note and w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from darkfactory.activities.audit import AuditActivities
@@ -110,4 +111,6 @@ async def _audit(decision: Decision, memo: dict[str, Any]) -> None:
             summary=f"audit · {decision.action} by {decision.by}",
         )
     except ActivityError as exc:
+        if is_cancelled_exception(exc):
+            raise asyncio.CancelledError from exc  # the workflow was cancelled meanwhile: it must still stop
         workflow.logger.error("could not write the decision to the audit trail: %s", exc)

@@ -261,16 +261,17 @@ class FactoryRunWorkflow:
                 return self._queue.head
             try:
                 await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
+                for task_id in [task_id for task_id, job in running.items() if job.done()]:
+                    running.pop(task_id).result()  # a bug in a task's rounds should fail loudly, not hang the run
+                if running and _run_budget(prepared, self._book.current.usage) is not None:
+                    await tell_running_tasks(
+                        request.run_id, {task_id: self._book.spent_besides(task_id) for task_id in running}
+                    )
+            except (asyncio.CancelledError, RunFailed):
+                # Cancelled, or a merge that could not be done: the other tasks stop too and say what they spent.
                 if workflow.patched("cancel-tasks"):
-                    await cancel_all(running)
+                    await cancel_all(self._rounds, running)
                 raise
-            for task_id in [task_id for task_id, job in running.items() if job.done()]:
-                running.pop(task_id).result()  # a bug in _run_task should fail loudly, not hang the run
-            if running and _run_budget(prepared, self._book.current.usage) is not None:
-                await tell_running_tasks(
-                    request.run_id, {task_id: self._book.spent_besides(task_id) for task_id in running}
-                )
 
     async def _release(self, request: RunRequest) -> None:
         try:

@@ -6,8 +6,8 @@ A conflict, or a merge that breaks the suite (undone by a compare-and-swap of th
 problem for the task's next round on the new head.
 
 The queue also knows when its head is a tree that already passed every integration gate, the whole suite run
-in that very tree (`verified`): the task merged with nothing else merged since it branched, and its last
-attempt passed them all there. The run's final verification would only repeat that, so it is skipped.
+in that very tree (`verified`): the run's one merge, onto its base, of a task whose last attempt passed them all
+there. The run's final verification would only repeat that, so it is skipped.
 """
 
 from __future__ import annotations
@@ -142,7 +142,9 @@ class MergeQueue:
         if merged.integration_sha == previous or previous == base:
             # Nothing else was merged since the task branched: its own gates already ran on this very tree.
             self.head = merged.integration_sha
-            passed = passed_everything_there(prepared.policy, gates)
+            # Verified only when this was the run's one merge onto its base: the task's gates then looked at every
+            # file the run changed (lint, types and secrets check the files changed since their base).
+            passed = passed_everything_there(prepared.policy, gates) if base == previous == prepared.base_sha else None
             self.verified = Verified(self.head, task.id, passed) if passed is not None else None
             return ""
         # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.

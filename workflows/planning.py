@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from darkfactory.workflows.run_book import RunFailed
 
@@ -44,6 +45,8 @@ async def plan_run(request: RunRequest, prepared: PreparedRun, budget: BudgetChe
             )
             return planned
         except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise asyncio.CancelledError from exc  # the run was cancelled while planning
             cause = exc.cause
             if not (isinstance(cause, ApplicationError) and cause.type == INVALID_PLAN):
                 raise RunFailed(cause_of(exc)) from exc

@@ -6,6 +6,7 @@ Every change goes through `RunBook`, so the search attributes that make runs fil
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from temporalio import workflow
@@ -18,6 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.constants import SUMMARY_MEMO
     from darkfactory.contracts import GateReport, RunPhase, RunState, TaskEscalation, TaskState, TaskSummary, Usage
 
+MEMO_LIMIT = 256 * 1024
+"""Bytes of JSON the live summary may take in the memo before it keeps only each task's state and figures."""
 ENDED_STATES: tuple[TaskState, ...] = ("merged", "failed", "rejected", "cancelled")
 
 
@@ -58,6 +61,8 @@ class RunBook:
         if not workflow.patched("live-summary-memo"):
             return
         memo = self.current.for_memo()
+        if len(json.dumps(memo)) > MEMO_LIMIT:  # far below the server's limit: the essentials, not every gate
+            memo = self.current.for_memo(essentials_only=True)
         if memo != self._memo:  # each upsert is an event in the history: only when something changed
             workflow.upsert_memo({SUMMARY_MEMO: memo})
             self._memo = memo

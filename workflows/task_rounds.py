@@ -15,11 +15,11 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
+from temporalio.exceptions import ChildWorkflowError, FailureError, is_cancelled_exception
 from temporalio.workflow import ChildWorkflowHandle
 
 from darkfactory.workflows.merge_queue import MergeQueue
-from darkfactory.workflows.run_book import RunBook
+from darkfactory.workflows.run_book import RunBook, RunFailed
 from darkfactory.workflows.search_attributes import REPO, STATUS
 
 with workflow.unsafe.imports_passed_through():
@@ -39,6 +39,9 @@ class TaskRounds:
         self._book = book
         self._queue = queue
         self.ready: dict[str, TaskResult] = {}
+        self.stopping = False
+        """Set when the run stops its tasks: a cancellation swallowed while waiting on a child (the SDK turns it
+        into a cancel request) must not let a task start another round."""
         """Task id -> the result its round signalled when its gates passed (it waits to hear how the merge went)."""
 
     async def run(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
@@ -53,6 +56,9 @@ class TaskRounds:
         first_attempt = 1
         summary: dict[str, object] = {}
         for merge_round in range(1, MERGE_ROUNDS + 1):
+            if self.stopping:
+                self._book.set_task(task.id, state="cancelled", reason="the run was cancelled")
+                return
             base = self._queue.head
             self._book.set_task(task.id, state="running")
             self._book.begin_round(task.id)
@@ -120,6 +126,9 @@ class TaskRounds:
             except asyncio.CancelledError:
                 await _settle(handle, "merged" if self._book.task(task.id).state == "merged" else "cancelled")
                 raise
+            except RunFailed:  # the merge itself could not be done: the run fails, the task is told so
+                await _settle(handle, "failed")
+                raise
             if not problem:
                 head = self._queue.head
                 reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
@@ -157,12 +166,16 @@ async def _settle(handle: ChildWorkflowHandle[Any, TaskResult], word: TaskState 
     it close; nothing to do for a task that already closed."""
     if handle.done():
         return
-    await handle.signal(TaskWorkflow.settled, word)
-    await handle
+    try:
+        await handle.signal(TaskWorkflow.settled, word)
+        await handle
+    except FailureError as exc:  # closed meanwhile (a person cancelled or terminated it): the summary has its end
+        workflow.logger.warning("a task closed before it heard how its merge went: %s", exc)
 
 
-async def cancel_all(running: dict[str, asyncio.Task[None]]) -> None:
+async def cancel_all(rounds: TaskRounds, running: dict[str, asyncio.Task[None]]) -> None:
     """Cancel the running tasks and wait for each to record its end (`TaskRounds._round_result`)."""
+    rounds.stopping = True
     for job in running.values():
         job.cancel()
     await workflow.wait(list(running.values()))

@@ -60,15 +60,22 @@ class RunState(Frozen):
     """The base's suite, measured once at prepare: which tests fail there."""
     error: str = ""
 
-    def for_memo(self) -> dict[str, object]:
+    def for_memo(self, *, essentials_only: bool = False) -> dict[str, object]:
         """The state as the run's memo keeps it (`SUMMARY_MEMO`): everything `factory status` shows, without
         the gates' feedback texts (bounded, but a memo is rewritten on every change; they stay in the blob
         store and in the final summary)."""
 
         def short(gates: list[GateResult]) -> list[GateResult]:
+            if essentials_only:
+                return [GateResult(gate=gate.gate, passed=gate.passed, summary=gate.summary[:200]) for gate in gates]
             return [gate.model_copy(update={"feedback": ""}) for gate in gates]
 
-        tasks = [task.model_copy(update={"gates": short(task.gates)}) for task in self.tasks]
+        tasks = [
+            task.model_copy(
+                update={"gates": short(task.gates)} | ({"notes": [], "decisions": []} if essentials_only else {})
+            )
+            for task in self.tasks
+        ]
         brief = self.model_copy(
             update={
                 "tasks": tasks,
