@@ -173,28 +173,24 @@ class TaskWorkflow:
             except asyncio.CancelledError:
                 await self._close_cancelled(input)
                 raise
-        self._set_search(final_word, needs_review=False)
+        _set_search(final_word, needs_review=False)
         return result
 
     async def _close_cancelled(self, input: TaskInput) -> None:
         """Cancelled (with its run, or alone): nothing stays in the review filter, and the run hears what the
         task did and spent before the task closes Canceled."""
         self._phase = "cancelled"
-        self._set_search("cancelled", needs_review=False)
+        _set_search("cancelled", needs_review=False)
         if self._desk.waiting is not None:
             workflow.upsert_memo({"escalation": None})
         await self._tell_the_run(input, None)
 
     async def _tell_the_run(self, input: TaskInput, escalation: EscalationState | None) -> None:
         """The run's summary (and `factory status`) shows the task escalated (or not) with its figures so far."""
-        report = TaskEscalation(
-            task_id=input.task.id,
-            escalation=escalation,
-            attempts=len(self._records),
-            usage=self._guard.spent,
-            gates=self._last_gates,
+        figures = {"attempts": len(self._records), "usage": self._guard.spent, "gates": self._last_gates}
+        await self._link.signal(
+            TASK_ESCALATION_SIGNAL, TaskEscalation(task_id=input.task.id, escalation=escalation, **figures)
         )
-        await self._link.signal(TASK_ESCALATION_SIGNAL, report)
 
     async def _work(
         self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, attempts: list[AttemptRecord]
@@ -213,7 +209,7 @@ class TaskWorkflow:
             failed = next((r for r in record.gates if not r.passed), None)
             approvals = [f"{r.gate}: {r.needs_approval}" for r in record.gates if r.needs_approval]
             if failed is None and not approvals:
-                return "passed", "all gates passed" + (" and the reviewer approved" if self._reviewed(input) else "")
+                return "passed", "all gates passed" + (" and the reviewer approved" if _reviewed(input) else "")
             if failed is None:
                 reason = "needs a person's approval: " + "; ".join(approvals)
             else:
@@ -241,9 +237,6 @@ class TaskWorkflow:
             guidance = f"## Guidance from {decision.by}\n{decision.note}".rstrip()
             feedback = f"{guidance}\n\n{feedback}".strip()
 
-    def _reviewed(self, input: TaskInput) -> bool:
-        return "review" in input.policy.gates and input.policy.review.enabled
-
     async def _escalate(self, input: TaskInput, reason: str, deadline_veto: str) -> Decision:
         """Wait, durably, for a person (or the policy's deadline) to decide."""
         self._phase = "escalated"
@@ -268,9 +261,6 @@ class TaskWorkflow:
 
     def _set_phase_text(self, phase: str) -> None:
         self._phase = phase
-
-    def _set_search(self, status: str, *, needs_review: bool) -> None:
-        workflow.upsert_search_attributes([STATUS.value_set(status), NEEDS_REVIEW.value_set(needs_review)])
 
     async def _attempt_once(
         self, input: TaskInput, ws: WorkspaceRef, suite: AcceptanceSuite | None, feedback: str
@@ -352,7 +342,7 @@ class TaskWorkflow:
             STEP_RETRY,
         )
         gates = list(report.results)
-        if report.passed and self._reviewed(input):
+        if report.passed and _reviewed(input):
             self._phase = "review"
             review = await _review(input, attempt, self._sha, gates, brief.max_attempts, self._guard)
             usage = usage + review.usage
@@ -370,6 +360,14 @@ class TaskWorkflow:
             usage=usage,
             transcript_ref=transcript,
         )
+
+
+def _set_search(status: str, *, needs_review: bool) -> None:
+    workflow.upsert_search_attributes([STATUS.value_set(status), NEEDS_REVIEW.value_set(needs_review)])
+
+
+def _reviewed(input: TaskInput) -> bool:
+    return "review" in input.policy.gates and input.policy.review.enabled
 
 
 async def _review(
