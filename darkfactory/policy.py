@@ -156,6 +156,19 @@ class Review(_Config):
     """Reviewer model; None uses the run's model (a different model gives a more independent review)."""
 
 
+class MergeQueueRules(_Config):
+    """`[merge_queue]`: how tasks whose gates passed reach the integration branch."""
+
+    batch: int = Field(default=8, ge=1, le=64)
+    """Ready tasks merged together onto the head and checked with one run of the integration gates (the whole
+    suite among them). A failing batch is bisected: the task that broke it goes back, the others merge."""
+    wait_s: float = Field(default=5.0, ge=0, le=600)
+    """How long a batch that is not full waits for more ready tasks, while other tasks are still working."""
+    full_suite_in_tasks: bool = False
+    """Run the whole suite in each task's gates too. By default a task runs the tests its change affects and the
+    merge queue runs the whole suite once per batch, on the exact tree that becomes the integration head."""
+
+
 class BudgetLimits(_Config):
     """`[budget]`: tokens (all of them: input, cache, output) and list-price dollars, per task and per run.
     None: no limit. Enforced before each model call (`darkfactory.budget`)."""
@@ -187,6 +200,7 @@ class Policy(_Config):
     sandbox: SandboxRules = Field(default_factory=SandboxRules)
     budget: BudgetLimits = Field(default_factory=BudgetLimits)
     """`[budget]`: task_tokens, task_usd, run_tokens, run_usd (see `darkfactory.budget`)."""
+    merge_queue: MergeQueueRules = Field(default_factory=MergeQueueRules)
 
     def rules_for(self, task_type: TaskType) -> TaskTypeRules:
         # A file that configures one type keeps the defaults of the others (docs stay docs-only).

@@ -13,7 +13,9 @@ the issue once, though the post is retried), and
 the run's budget, approved to go on; then the run starts no new task), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_run_status.py` (a run cancelled while its task waits for a
 person: the task tells the run what it spent and closes Canceled; and a run whose gated tasks wait for their
-merge and close `merged`).
+merge and close `merged`), and
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_verify_once.py -k bisected` (three tasks merged as one batch,
+which goes red: bisected, the culprit sent back to a second round, the other two merged in the next batch).
 """
 
 from __future__ import annotations

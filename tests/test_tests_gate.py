@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from darkfactory.blobs import BlobStore
+from darkfactory.contracts import GateResult
 from darkfactory.gates import GateContext, run_gates
 from darkfactory.gates.baseline import measure_base
 from darkfactory.gates.baseline_data import Baseline
@@ -80,6 +81,7 @@ class Calc:
         self.run_base = commit(self.repo, {**BASE, **(base or {})}, "base")
         self.blobs = BlobStore(tmp_path / "blobs")
         self.baseline = self.measure(self.run_base)
+        self.last: GateResult | None = None
 
     def context(self, sha: str, base_sha: str, name: str) -> GateContext:
         worktree = ensure_worktree(str(self.repo), self.tmp / f"wt-{name}", sha)
@@ -111,18 +113,27 @@ class Calc:
         task_type: TaskType = "bugfix",
         policy: Policy | None = None,
         on: str | None = None,
+        whole_suite: bool = True,
     ) -> tuple[bool, str, str, list[str]]:
-        """(passed, summary, feedback, notes) of the tests gate on `files` committed on `on` (the run's base)."""
+        """(passed, summary, feedback, notes) of the tests gate on `files` committed on `on` (the run's base).
+
+        `whole_suite`: the task runs the whole suite (`[merge_queue] full_suite_in_tasks`), as most of these tests
+        judge it; otherwise only the tests the change affects, the default, as the merge queue runs the rest."""
         base_sha = on or self.run_base
+        policy = policy or Policy()
+        if whole_suite:
+            queue = policy.merge_queue.model_copy(update={"full_suite_in_tasks": True})
+            policy = policy.model_copy(update={"merge_queue": queue})
         git(self.repo, "checkout", "-q", "--detach", base_sha)
         sha = commit(self.repo, files)
         ctx = dataclasses.replace(
             self.context(sha, base_sha, sha[:8]),
             task_type=task_type,
-            policy=policy or Policy(),
+            policy=policy,
             baseline=self.baseline,
         )
         (result,) = run_gates(ctx).results
+        self.last = result
         return result.passed, result.summary, result.feedback, result.notes
 
 
@@ -389,3 +400,42 @@ def test_a_parametrized_case_that_stops_running_still_counts_when_ids_move(tmp_p
 
     assert not passed, summary
     assert "did not run with your change" in feedback or "was skipped with your change" in feedback
+
+
+# --------------------------------------------------------------------------------------------------
+# A task runs the tests its change affects; the merge queue runs the whole suite (issue 12)
+
+
+def test_a_task_runs_only_the_tests_its_change_affects(calc: Calc) -> None:
+    passed, summary, _, notes = calc.judge({"calc/ops.py": OPS_FIXED}, whole_suite=False)
+
+    assert passed, summary
+    assert summary == "2 passed in 1 affected test file(s)"  # tests/test_text.py did not run
+    assert calc.last is not None and not calc.last.full_suite and not calc.last.exact_tree
+    assert "witness (fails on the base, passes with the change): tests/test_ops.py::test_add" in notes
+
+
+def test_with_only_the_affected_tests_a_wrong_fix_still_fails(calc: Calc) -> None:
+    passed, summary, feedback, _ = calc.judge({"calc/ops.py": OPS_WRONG}, whole_suite=False)
+
+    assert not passed
+    assert summary.startswith("1 failed") and "the merge queue runs the whole suite" in summary
+    assert "tests/test_ops.py::test_add" in feedback
+
+
+def test_with_only_the_affected_tests_code_that_skips_them_still_fails(calc: Calc) -> None:
+    # The fix also makes the module skip whoever imports it: the affected tests vanish, which counts.
+    skipping = "import pytest\n\npytest.skip('not today', allow_module_level=True)\n\n" + OPS_FIXED
+    passed, summary, feedback, _ = calc.judge({"calc/ops.py": skipping}, whole_suite=False)
+
+    assert not passed, summary
+    assert "did not run or were skipped" in summary and "tests/test_ops.py::test_mul" in feedback
+
+
+def test_with_only_the_affected_tests_a_change_that_breaks_another_test_fails_there(calc: Calc) -> None:
+    # The break is in code the bug's test never runs but another test does: coverage ties that test to it.
+    files = {"calc/ops.py": OPS_FIXED, "calc/text.py": TEXT.replace("+ '!'", "+ '?'")}
+    passed, summary, feedback, _ = calc.judge(files, whole_suite=False)
+
+    assert not passed and "tests/test_text.py::test_shout" in feedback, summary
+    assert calc.last is not None and not calc.last.full_suite

@@ -1,12 +1,14 @@
-"""The final verification runs only where it adds something (issue 12, part 1), on a real Temporal server.
+"""Each job once (issue 12, parts 1 and 2), on a real Temporal server.
 
-A run whose last merge lands the very tree its task's gates passed in (nothing merged since the task branched,
-the whole suite run in that tree) does not run the integration gates again. Where the trees differ (a task
-whose existing tests ran in the base's version, a merge that combined work), the verification still runs.
+A task runs the tests its change affects; the merge queue runs the whole suite once per batch, on the exact tree
+that becomes the integration head, so the run's final verification is not run again on that tree. A batch that
+goes red is bisected: the task that broke it goes back with the failure, the others merge.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +19,107 @@ from darkfactory.constants import run_workflow_id, task_workflow_id
 from darkfactory.contracts import RunState
 from tests.test_escalation import with_policy
 from tests.test_parallel import EDIT, NO_MODEL_GATES, done, module, module_test, plan, running, task, tool, turn
+from tests.test_replay import record_history
 
 SHOUT = [[turn(module("shout", "shout", "text.upper()"), module_test("shout", "shout", "hi", "HI")), done()]]
 
 
 async def gate_runs(client: Client, workflow_id: str) -> int:
     """How many `run_gates` activities the workflow's history scheduled."""
+    return len(await gate_reports(client, workflow_id, scheduled=True))
+
+
+async def gate_reports(client: Client, workflow_id: str, scheduled: bool = False) -> list[Any]:
+    """The `run_gates` activities' results in the workflow's history (their scheduled events if `scheduled`)."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
-    return sum(
-        event.activity_task_scheduled_event_attributes.activity_type.name == "run_gates"
+    if scheduled:
+        return [
+            event
+            for event in history.events
+            if event.HasField("activity_task_scheduled_event_attributes")
+            and event.activity_task_scheduled_event_attributes.activity_type.name == "run_gates"
+        ]
+    gate_ids = {
+        event.event_id
         for event in history.events
         if event.HasField("activity_task_scheduled_event_attributes")
-    )
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "run_gates"
+    }
+    reports = []
+    for event in history.events:
+        if event.HasField("activity_task_completed_event_attributes"):
+            done = event.activity_task_completed_event_attributes
+            if done.scheduled_event_id in gate_ids:
+                reports.append(json.loads(done.result.payloads[0].data))
+    return reports
+
+
+async def full_suites(client: Client, summary: RunState) -> int:
+    """How many times the whole suite ran, in the run's and its tasks' gates."""
+    ids = [run_workflow_id(summary.run_id), *(task_workflow_id(summary.run_id, t.id) for t in summary.tasks)]
+    count = 0
+    for workflow_id in ids:
+        for report in await gate_reports(client, workflow_id):
+            count += sum(1 for r in report["results"] if r["gate"] == "tests" and r.get("full_suite"))
+    return count
 
 
 async def run(
-    client: Client, home: Path, repo: Path, transcript: dict[str, Any], tmp_path: Path, mp: pytest.MonkeyPatch
+    client: Client,
+    home: Path,
+    repo: Path,
+    transcript: dict[str, Any],
+    tmp_path: Path,
+    mp: pytest.MonkeyPatch,
+    policy: str = NO_MODEL_GATES,
 ) -> RunState:
-    with_policy(repo, NO_MODEL_GATES)
-    async with running(client, home, repo, transcript, tmp_path, mp, max_parallel=2) as (handle, _server, _held):
+    with_policy(repo, policy)
+    async with running(client, home, repo, transcript, tmp_path, mp, max_parallel=3) as (handle, _server, _held):
         summary = await handle.result()
     assert summary.succeeded, summary.error
     return summary
 
 
-async def test_a_one_task_run_runs_its_gates_once_and_ships(
+def not_run_again(summary: RunState, where: str) -> bool:
+    return bool(summary.final_gates) and all(
+        g.passed and any(f"this very tree passed it in {where}" in n for n in g.notes) for g in summary.final_gates
+    )
+
+
+async def test_a_one_task_run_runs_the_whole_suite_once_and_ships(
     client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transcript = {"plan": plan(task("add-shout")), "tasks": {"add-shout": SHOUT}}
     summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch)
 
-    assert await gate_runs(client, run_workflow_id(summary.run_id)) == 0  # no verification of the same tree
-    assert await gate_runs(client, task_workflow_id(summary.run_id, "add-shout")) == 1
+    task_gates = await gate_reports(client, task_workflow_id(summary.run_id, "add-shout"))
+    tests = next(r for r in task_gates[0]["results"] if r["gate"] == "tests")
+    assert not tests["full_suite"] and "affected test file" in tests["summary"]  # the task ran its own tests
+    # The merge queue ran only the suite on the merged tree (lint, types and secrets already passed on that very
+    # tree in the task's gates), and the final verification was not run again on it.
+    assert await gate_runs(client, run_workflow_id(summary.run_id)) == 1
+    assert await full_suites(client, summary) == 1
     assert [g.gate for g in summary.final_gates] == ["secrets", "syntax", "lint", "tests"]
-    assert all(
-        g.passed and any("this very tree passed it in task add-shout" in n for n in g.notes)
-        for g in summary.final_gates
-    )
+    assert not_run_again(summary, "the merge queue's check of batch 1 (add-shout)")
 
 
-async def test_a_task_whose_edited_tests_ran_as_the_base_has_them_is_verified_again(
+async def test_with_the_whole_suite_in_tasks_a_one_task_run_is_not_checked_again(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transcript = {"plan": plan(task("add-shout")), "tasks": {"add-shout": SHOUT}}
+    policy = NO_MODEL_GATES + "[merge_queue]\nfull_suite_in_tasks = true\n"
+    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
+
+    assert await gate_runs(client, run_workflow_id(summary.run_id)) == 0  # the task's gates saw this very tree
+    assert await full_suites(client, summary) == 1
+    assert not_run_again(summary, "the merge queue's check of batch 1 (add-shout)")
+
+
+async def test_a_task_whose_edited_tests_ran_as_the_base_has_them_gets_the_suite_on_its_own_tree(
     client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The task appends a test to an existing file: its tests gate ran the base's version of that file (and the
-    # change's as a copy), a tree that is not the commit's, so the commit's own tree must be verified.
+    # change's as a copy), a tree that is not the commit's, so the merge queue runs the suite on the commit's own.
     old = (demo_repo / "tests" / "test_words.py").read_text()
     appended = old + "\n\ndef test_word_count_of_one_word():\n    assert word_count('one') == 1\n"
     edit = tool(EDIT, command="create", path="tests/test_words.py", file_text=appended)
@@ -69,13 +128,16 @@ async def test_a_task_whose_edited_tests_ran_as_the_base_has_them_is_verified_ag
         "plan": plan(task("more-tests", task_type="refactor")),
         "tasks": {"more-tests": [[turn(edit), done()]]},
     }
-    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch)
+    policy = NO_MODEL_GATES + "[merge_queue]\nfull_suite_in_tasks = true\n"
+    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
 
-    assert await gate_runs(client, run_workflow_id(summary.run_id)) == 1
-    assert not any("this very tree" in note for g in summary.final_gates for note in g.notes)
+    [check] = await gate_reports(client, run_workflow_id(summary.run_id))
+    assert [r["gate"] for r in check["results"]] == ["tests"] and check["results"][0]["full_suite"]
+    assert "3 passed" in check["results"][0]["summary"]  # the appended test ran as the commit has it
+    assert not_run_again(summary, "the merge queue's check of batch 1")
 
 
-async def test_two_merges_that_combined_work_are_verified(
+async def test_tasks_ready_together_merge_as_one_batch_checked_once(
     client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whisper = [
@@ -85,8 +147,57 @@ async def test_two_merges_that_combined_work_are_verified(
         "plan": plan(task("add-shout"), task("add-whisper")),
         "tasks": {"add-shout": SHOUT, "add-whisper": whisper},
     }
-    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch)
+    policy = NO_MODEL_GATES + "[merge_queue]\nwait_s = 300\n"  # the batch waits for every working task
+    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
 
-    # Both branched from the base and ran side by side: the second merge made a tree no task's gates saw.
-    run_history_gates = await gate_runs(client, run_workflow_id(summary.run_id))
-    assert run_history_gates == 2  # the second merge's regression suite, and the final verification
+    # Both branched from the base and ran side by side: one batch, one check of the tree both made, no final
+    # verification of that same tree.
+    [check] = await gate_reports(client, run_workflow_id(summary.run_id))
+    assert [r["gate"] for r in check["results"]] == ["secrets", "syntax", "lint", "tests"]
+    assert await full_suites(client, summary) == 1
+    assert not_run_again(summary, "the merge queue's check of batch 1")
+    shas = {t.id: t.merged_sha for t in summary.tasks}
+    assert len(set(shas.values())) == 2  # each task names the commit that carries it
+
+
+STOPWORDS_TEST = (
+    "from pathlib import Path\n\n\ndef test_the_is_a_stopword():\n"
+    "    assert 'the' in (Path(__file__).parent.parent / 'textkit' / 'stopwords.txt').read_text().split()\n"
+)
+
+
+async def test_a_red_batch_is_bisected_the_culprit_goes_back_and_the_others_merge(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A test that reads a data file: coverage cannot tie it to the file, so the task that edits the file does not
+    # run it; only the merge queue's whole suite sees the break.
+    (demo_repo / "textkit" / "stopwords.txt").write_text("a\nan\nthe\n")
+    (demo_repo / "tests" / "test_stopwords.py").write_text(STOPWORDS_TEST)
+    drop_the = tool(EDIT, command="create", path="textkit/stopwords.txt", file_text="a\nan\n")
+    loud = [module("loud", "loud", "text.upper() + '!'"), module_test("loud", "loud", "hi", "HI!")]
+    whisper = [module("whisper", "whisper", "text.lower()"), module_test("whisper", "whisper", "HI", "hi")]
+    transcript = {
+        "plan": plan(task("add-shout"), task("add-loud"), task("add-whisper")),
+        "tasks": {
+            "add-shout": SHOUT,
+            # Round 1 breaks the data file; told so by the merge queue, round 2 leaves it alone.
+            "add-loud": [[turn(*loud, drop_the), done()], [turn(*loud), done()]],
+            "add-whisper": [[turn(*whisper), done()]],
+        },
+    }
+    policy = NO_MODEL_GATES + "[merge_queue]\nwait_s = 300\n"  # all three in one batch
+    summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
+    if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
+        await record_history(client, summary.run_id, "bisected_batch")
+
+    assert {t.id: (t.state, t.attempts) for t in summary.tasks} == {
+        "add-shout": ("merged", 1),
+        "add-loud": ("merged", 2),
+        "add-whisper": ("merged", 1),
+    }
+    checks = await gate_reports(client, run_workflow_id(summary.run_id))
+    # The batch of three (red), at most two bisection steps, the other two again, the culprit's second round.
+    assert 3 <= len(checks) <= 5
+    assert not checks[0]["results"][-1]["passed"] and "test_the_is_a_stopword" in checks[0]["results"][-1]["feedback"]
+    assert "the" in (demo_repo / "textkit" / "stopwords.txt").read_text().split()
+    assert not_run_again(summary, "the merge queue's check of batch")

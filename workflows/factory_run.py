@@ -171,9 +171,9 @@ class FactoryRunWorkflow:
         timeouts = config.timeouts
         verified = self._queue.verified
         if verified is not None and verified.head == head and workflow.patched("skip-verified-integration"):
-            # The last merge landed the very tree its task's gates passed in (nothing merged since it branched,
-            # the whole suite run in that tree): verifying it again would repeat the same work on the same tree.
-            note = f"not run again: this very tree passed it in task {verified.task_id}'s gates"
+            # The merge queue's head passed every integration gate on this very tree (in the queue's check of its
+            # last batch, or in the gates of a one-task run's task): verifying it again would repeat that work.
+            note = f"not run again: this very tree passed it in {verified.where}"
             self._book.update(final_gates=[g.model_copy(update={"notes": [*g.notes, note]}) for g in verified.gates])
             return
         report: GateReport = await run_step(

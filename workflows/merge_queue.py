@@ -1,23 +1,30 @@
-"""The merge queue: one merge into the integration branch at a time, each checked against the head it lands on.
+"""The merge queue: tasks whose gates passed reach the integration branch in batches, one batch at a time.
 
-A task's change was gated on the head it branched from. When nothing else merged since, its own gates ran on
-exactly the tree the merge produces; otherwise the combination is new and the regression gate runs on it.
-A conflict, or a merge that breaks the suite (undone by a compare-and-swap of the branch), is returned as the
-problem for the task's next round on the new head.
+A ready task joins the queue as a ticket. When no batch is running, the first ticket's task leads the next
+one: it waits a little for more (`[merge_queue] wait_s`, only while other tasks are still working), takes up
+to `batch` tickets and runs them as a `MergeBatch` (merge in order, the integration gates once, bisection when
+red). Each task then hears its own outcome: merged, or the problem for its next round (a conflict, a change
+that broke the integration gates in combination with work merged before it).
 
-The queue also knows when its head is a tree that already passed every integration gate, the whole suite run
-in that very tree (`verified`): the run's one merge, onto its base, of a task whose last attempt passed them all
-there. The run's final verification would only repeat that, so it is skipped.
+Nothing becomes the queue's head without the integration gates, the whole suite among them, passing on that
+very tree; so the queue's head is always `verified`, and the run's final verification would only repeat it.
+
+Runs recorded before batches (`patched("merge-batches")`) replay the old path: one merge at a time, the
+regression suite only when other work was merged meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from temporalio import workflow
 
+from darkfactory.workflows.merge_batch import Checked, MergeBatch, Ticket, integration_gates
+from darkfactory.workflows.run_book import RunFailed
 from darkfactory.workflows.steps import ActivityRunner
 
 with workflow.unsafe.imports_passed_through():
@@ -35,22 +42,18 @@ with workflow.unsafe.imports_passed_through():
         RunGatesInput,
         RunRequest,
     )
-    from darkfactory.policy import GateName, Policy
+    from darkfactory.policy import Policy
 
-NOT_AT_INTEGRATION: tuple[GateName, ...] = ("scope", "acceptance", "review")
-"""Gates judged on each task's own change, not on the integration branch."""
-
-
-def integration_gates(policy: Policy) -> list[GateName]:
-    return [gate for gate in policy.gates if gate not in NOT_AT_INTEGRATION]
+__all__ = ["MergeQueue", "Verified", "integration_gates"]
 
 
 @dataclass(frozen=True)
 class Verified:
-    """The head is a tree on which every integration gate passed: in this task's gates, the suite in that tree."""
+    """The head is a tree on which every integration gate passed, the suite run in that very tree."""
 
     head: str
-    task_id: str
+    where: str
+    """Where they passed, for the summary: a task's gates, or one of the merge queue's checks."""
     gates: list[GateResult]
 
 
@@ -67,7 +70,7 @@ def passed_everything_there(policy: Policy, gates: list[GateResult]) -> list[Gat
 
 
 class MergeQueue:
-    """Serialises merges into the run's integration branch and knows where its head stands."""
+    """Batches merges into the run's integration branch and knows where its head stands."""
 
     def __init__(self, run_activity: ActivityRunner) -> None:
         self._run_activity = run_activity
@@ -75,6 +78,17 @@ class MergeQueue:
         self._depth = 0
         self.head = ""
         self.verified: Verified | None = None
+        self.working: Callable[[], int] = lambda: 0
+        """How many tasks are still working towards the queue: a batch waits for them only while there are."""
+        self._waiting: list[Ticket] = []
+        self._leading = False
+        self._batches = 0
+        self._broken: BaseException | None = None
+        self._judged_from_base = True
+        """False once a change a person approved past a failing gate is merged: checks then judge from the head,
+        and the head is never verified (the final verification runs)."""
+        self.merged_as: dict[str, str] = {}
+        """Task id -> the integration commit that carries it (a batch's head may carry later tasks too)."""
 
     async def merge(
         self,
@@ -86,13 +100,16 @@ class MergeQueue:
         on_merged_while_cancelled: Callable[[], None],
         gates: list[GateResult] | None = None,
     ) -> str:
-        """Merge one task, one merge at a time; '' on success, else the problem for the task's next round.
+        """Merge one task; '' on success, else the problem for the task's next round.
 
-        Started merges always finish: cancelling the run waits for the merge in flight, and a merge that
+        Started merges always finish: cancelling the run waits for the batch in flight, and a merge that
         landed is reported through `on_merged_while_cancelled` before the cancellation goes on.
         """
         self._set_depth(request.run_id, +1)
         try:
+            if workflow.patched("merge-batches"):
+                ticket = Ticket(task, base, sha, gates or [])
+                return await self._merge_batched(request, prepared, ticket, on_merged_while_cancelled)
             async with self._lock:
                 job = asyncio.ensure_future(self._merge_locked(request, task, prepared, base, sha, gates or []))
                 try:
@@ -104,6 +121,85 @@ class MergeQueue:
                     raise
         finally:
             self._set_depth(request.run_id, -1)
+
+    async def _merge_batched(
+        self, request: RunRequest, prepared: PreparedRun, ticket: Ticket, on_merged_while_cancelled: Callable[[], None]
+    ) -> str:
+        self._waiting.append(ticket)
+        try:
+            while ticket.problem is None:
+                await workflow.wait_condition(
+                    lambda: ticket.problem is not None or self._broken is not None or self._leads(ticket)
+                )
+                if ticket.problem is None and self._broken is not None:
+                    raise RunFailed(str(self._broken))
+                if ticket.problem is None:
+                    await self._lead(request, prepared)
+        except asyncio.CancelledError:
+            if ticket.started:  # in the batch in flight: it finishes, and this task hears how it went
+                await workflow.wait_condition(lambda: ticket.problem is not None or self._broken is not None)
+                if ticket.problem == "":
+                    self.merged_as[ticket.task.id] = ticket.merged_sha
+                    on_merged_while_cancelled()
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            raise
+        if ticket.problem == "":
+            self.merged_as[ticket.task.id] = ticket.merged_sha
+        return ticket.problem
+
+    def _leads(self, ticket: Ticket) -> bool:
+        return not self._leading and bool(self._waiting) and self._waiting[0] is ticket
+
+    async def _lead(self, request: RunRequest, prepared: PreparedRun) -> None:
+        """Take the next batch from the front of the queue and run it to its end."""
+        self._leading = True
+        try:
+            rules = prepared.policy.merge_queue
+            if len(self._waiting) < rules.batch and self.working() > 0 and rules.wait_s > 0:
+                # A durable timer: the batch fills while the other tasks finish their gates, or goes as it is.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: len(self._waiting) >= rules.batch or self.working() == 0,
+                        timeout=timedelta(seconds=rules.wait_s),
+                    )
+            if self._waiting[0].approved_past_a_failure:
+                tickets = self._waiting[:1]  # alone: the queue's check would only repeat the failure approved
+            else:
+                tickets = [t for t in self._waiting if not t.approved_past_a_failure][: rules.batch]
+            self._waiting = [t for t in self._waiting if t not in tickets]
+            for ticket in tickets:
+                ticket.started = True
+            self._batches += 1
+            judged_from = prepared.base_sha if self._judged_from_base else self.head
+            batch = MergeBatch(self._run_activity, request, prepared, self._batches, judged_from)
+            job = asyncio.ensure_future(self._batch(batch, tickets))
+            try:
+                checked = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                self._moved(await job)  # a started batch always finishes
+                raise
+            self._moved(checked)
+        finally:
+            self._leading = False
+
+    async def _batch(self, batch: MergeBatch, tickets: list[Ticket]) -> Checked:
+        """The batch's outcome; when the merge itself could not be done, every task of the queue hears it."""
+        try:
+            return await batch.run(self.head, tickets)
+        except Exception as exc:
+            self._broken = exc
+            raise
+
+    def _moved(self, checked: Checked) -> None:
+        if checked.approved:
+            self._judged_from_base = False
+            self.verified = None
+        elif checked.gates is not None and self._judged_from_base:
+            self.verified = Verified(checked.head, checked.where, checked.gates)
+        self.head = checked.head
+        # Tasks after a culprit go first in the next batch: they waited longest.
+        self._waiting[:0] = checked.requeue
 
     def _set_depth(self, run_id: str, change: int) -> None:
         self._depth += change
@@ -145,7 +241,7 @@ class MergeQueue:
             # Verified only when this was the run's one merge onto its base: the task's gates then looked at every
             # file the run changed (lint, types and secrets check the files changed since their base).
             passed = passed_everything_there(prepared.policy, gates) if base == previous == prepared.base_sha else None
-            self.verified = Verified(self.head, task.id, passed) if passed is not None else None
+            self.verified = Verified(self.head, f"task {task.id}'s gates", passed) if passed is not None else None
             return ""
         # Other work was merged meanwhile: the combination has never been tested. Run the regression gate.
         report: GateReport = await self._run_activity(

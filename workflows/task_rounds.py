@@ -39,10 +39,13 @@ class TaskRounds:
         self._book = book
         self._queue = queue
         self.ready: dict[str, TaskResult] = {}
+        """Task id -> the result its round signalled when its gates passed (it waits to hear how the merge went)."""
+        self.working: set[str] = set()
+        """Tasks whose round is running its attempts: the merge queue's batch waits a little for them."""
+        queue.working = lambda: len(self.working)
         self.stopping = False
         """Set when the run stops its tasks: a cancellation swallowed while waiting on a child (the SDK turns it
         into a cancel request) must not let a task start another round."""
-        """Task id -> the result its round signalled when its gates passed (it waits to hear how the merge went)."""
 
     async def run(self, request: RunRequest, task: PlannedTask, prepared: PreparedRun, sink: bool) -> None:
         """One task to its end: a child workflow per merge round, until its change merges cleanly.
@@ -85,6 +88,7 @@ class TaskRounds:
                     [SearchAttributePair(REPO, request.repo_path), SearchAttributePair(STATUS, "running")]
                 ),
             )
+            self.working.add(task.id)
             try:
                 result = await self._round_result(handle, task.id)
             except ChildWorkflowError as exc:
@@ -96,6 +100,8 @@ class TaskRounds:
                     reason="the task was cancelled" if cancelled else f"task workflow failed: {cause_of(exc)}",
                 )
                 return
+            finally:
+                self.working.discard(task.id)
             first_attempt += len(result.attempts)
             previous = self._book.task(task.id)
             base_summary = self._book.round_base(task.id)
@@ -130,7 +136,7 @@ class TaskRounds:
                 await _settle(handle, "failed")
                 raise
             if not problem:
-                head = self._queue.head
+                head = self._queue.merged_as.get(task.id, self._queue.head)
                 reason = f"merged as {head[:12]}" + (f" ({result.reason})" if result.decisions else "")
                 self._book.set_task(task.id, state="merged", merged_sha=head, reason=reason, **summary)
                 await _settle(handle, "merged")
@@ -157,7 +163,7 @@ class TaskRounds:
         return await handle
 
     def _set_merged(self, task_id: str) -> None:
-        head = self._queue.head
+        head = self._queue.merged_as.get(task_id, self._queue.head)
         self._book.set_task(task_id, state="merged", merged_sha=head, reason=f"merged as {head[:12]}")
 
 

@@ -87,6 +87,9 @@ class GateResult(Frozen):
     exact_tree: bool = False
     """The tests gate only: the whole suite passed in the commit's own tree (not in a judged tree, where the base's
     versions of edited tests and configuration ran). Then this tree needs no second full-suite run."""
+    full_suite: bool = False
+    """The tests gate only: the repository's whole suite ran (not only the tests the change affects). Counted by
+    the benchmarks as full-suite runs."""
     touches_always_protected: bool = False
     """The scope gate only: the change touches CI configuration or the factory policy (`ALWAYS_PROTECTED`), or
     could not be measured. An escalation of such a change is rejected at its deadline, whatever the policy says."""

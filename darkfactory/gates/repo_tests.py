@@ -1,7 +1,9 @@
 """The tests gate: the repository's own suite, judged against the base measured once.
 
-For pytest: the suite runs in the judged tree (the change's code with the base's tests, see `trees.py`),
-the affected tests first, then all of it. A failing test counts unless the policy quarantines it, it
+For pytest: the suite runs in the judged tree (the change's code with the base's tests, see `trees.py`). A task
+runs the tests its change affects (by coverage, see `selection.py`; all of them when that cannot be told) and
+the merge queue runs the whole suite on the tree it merges; elsewhere, and with `[merge_queue]
+full_suite_in_tasks`, the whole suite runs, the affected tests first where the suite is slow. A failing test counts unless the policy quarantines it, it
 passes when re-run alone (flaky), or it failed on the base too and the change does not affect it
 (pre-existing; `[tests] strict_base` counts those as well). A `feature` or `bugfix` task also needs a
 witness: a test that fails on the base and passes with the change, either an existing failing test or a
@@ -79,6 +81,8 @@ class _PytestGate:
         self._base_tree: Path | None = None
         self._shown = self.judged.shown if self.judged else (lambda nodeid: nodeid)
         self._original = self.judged.original_path if self.judged else (lambda nodeid: nodeid)
+        self.full_ran = False
+        """The whole suite ran (not only the affected tests)."""
 
     @functools.cached_property
     def affected(self) -> Affected:
@@ -87,26 +91,45 @@ class _PytestGate:
 
     def run(self) -> GateResult:
         baseline = self.ctx.baseline
-        # The affected tests first only pays where the whole suite is slow: otherwise pytest's start-up is
+        # A task runs the tests its change affects; the merge queue runs the whole suite once per batch, on the
+        # very tree that becomes the integration head (`[merge_queue] full_suite_in_tasks` runs it here too).
+        # Under `strict_base` every failing test counts, also those no change affects: only the whole suite says.
+        policy = self.ctx.policy
+        affected_only = self.ctx.purpose == "task" and not (
+            policy.merge_queue.full_suite_in_tasks or policy.tests.strict_base
+        )
+        # Otherwise the affected tests first only pays where the whole suite is slow: pytest's start-up is then
         # most of either run, and a second run is pure cost.
         quick = baseline is not None and baseline.per_test and baseline.duration_s < AFFECTED_FIRST_MIN_S
-        first = [] if quick else self.affected.first_files()
+        first = self.affected.first_files() if affected_only or not quick else []
         if first:
             early = self.pytest(self.tree, [*self.selection, *first], "affected")
-            failed = self.judge(early, f"{len(first)} affected test file(s)")
+            scope = f"{len(first)} affected test file(s); the full suite was not run"
+            if affected_only:
+                scope = f"{len(first)} test file(s) your change affects; the merge queue runs the whole suite"
+            failed = self.judge(early, scope)
             if failed is not None:
                 return failed
-        full = self.pytest(self.tree, self.ctx.test_command, "full")
-        failed = self.judge(full, "") or self.judge_vanished(full)
+            if affected_only:
+                return self.verdict(early, only_files=set(first))
+        self.full_ran = True
+        return self.verdict(self.pytest(self.tree, self.ctx.test_command, "full"))
+
+    def verdict(self, run: PytestRun, only_files: set[str] | None = None) -> GateResult:
+        """The result of the run that decides (the whole suite, or a task's affected tests)."""
+        failed = self.judge(run, "") if only_files is None else None
+        failed = failed or self.judge_vanished(run, only_files)
         if failed is not None:
             return failed
         if self.ctx.purpose == "task" and self.ctx.task_type in WITNESS_TYPES:
-            missing = self.find_witness(full)
+            missing = self.find_witness(run)
             if missing is not None:
                 return missing
-        if full.result.returncode == PYTEST_NO_TESTS:
+        if run.result.returncode == PYTEST_NO_TESTS:
             return self.result(True, "no tests collected")
-        summary = self.ledger.tally(full) if full.cases is not None else pytest_tally(full.result.output)
+        summary = self.ledger.tally(run) if run.cases is not None else pytest_tally(run.result.output)
+        if only_files is not None:
+            summary = f"{summary or 'tests passed'} in {len(only_files)} affected test file(s)"
         return self.result(True, summary or "tests passed")
 
     def pytest(self, tree: Path, argv: Sequence[str], label: str) -> PytestRun:
@@ -136,8 +159,9 @@ class _PytestGate:
         feedback = failures_feedback(sorted(counted, key=self._focus), self._shown)
         return self.result(False, self.ledger.tally(run, len(counted)) + suffix, feedback)
 
-    def judge_vanished(self, full: PytestRun) -> GateResult | None:
-        """A base test that did not run (or was skipped) in the full suite counts as failing."""
+    def judge_vanished(self, full: PytestRun, only_files: set[str] | None = None) -> GateResult | None:
+        """A base test that did not run (or was skipped) counts as failing: in the full suite, or in `only_files`
+        (the test files of a task's affected run)."""
         baseline = self.ctx.baseline
         if baseline is None or not baseline.per_test or full.cases is None:
             return None
@@ -152,6 +176,8 @@ class _PytestGate:
             }
         if self.judged is None or self.ctx.policy.rules_for(self.ctx.task_type).allow_test_edits:
             moved |= {p for p in git("diff", "--name-only", "-z", self.ctx.base_sha, self.ctx.sha).split("\0") if p}
+        if only_files is not None:
+            moved |= {nodeid.split("::", 1)[0] for nodeid in baseline.outcomes} - only_files
         gone = vanished(baseline, full, self.ctx.policy.tests, self._original, moved)
         if not gone:
             return None
@@ -314,9 +340,10 @@ class _PytestGate:
             feedback=bounded(feedback) if not passed else "",
             details_ref=details_blob(self.ctx, self.outputs),
             notes=notes,
-            # Passing results come only after the whole suite ran; the judged tree is the commit's own tree
-            # when the change left every existing test and the configuration alone.
-            exact_tree=passed and (self.judged is None or self.judged.sha == self.ctx.sha),
+            # The judged tree is the commit's own tree when the change left every existing test and the
+            # configuration alone.
+            exact_tree=passed and self.full_ran and (self.judged is None or self.judged.sha == self.ctx.sha),
+            full_suite=self.full_ran,
         )
 
 
@@ -348,7 +375,7 @@ def _opaque_gate(ctx: GateContext, scratch: Path) -> GateResult:
             )
         return GateResult(
             gate="tests", passed=False, summary=summary, feedback=bounded(tail(result.output, 40)),
-            details_ref=details, notes=notes,
+            details_ref=details, notes=notes, full_suite=True,
         )  # fmt: skip
     needs_approval = ""
     if ctx.purpose == "task" and ctx.task_type in WITNESS_TYPES and base_exit in (None, 0):
@@ -358,5 +385,5 @@ def _opaque_gate(ctx: GateContext, scratch: Path) -> GateResult:
         )
     return GateResult(
         gate="tests", passed=True, summary="tests passed", details_ref=details, notes=notes,
-        needs_approval=needs_approval,
+        needs_approval=needs_approval, full_suite=True,
     )  # fmt: skip

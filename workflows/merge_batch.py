@@ -1,0 +1,233 @@
+"""One batch of the merge queue: ready tasks merged in order onto the head, checked once, bisected when red.
+
+The batch's tasks are squash-merged one after another onto the integration head (a conflict sends that task
+back at once and the others go on). The integration gates, the whole suite among them, then run once on the
+batch's last commit. Green: the head moves past all of them. Red: the first failing prefix is found by
+bisection over the batch's commits, each tree's verdict kept so none is checked twice; the task whose merge
+turned it red goes back with the failure as feedback, the ones before it merge, the ones after it wait for
+the next batch (their combination without the culprit has not been checked). The tests gate re-runs failing
+tests alone before it counts them, so a flaky test does not make a batch red.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from temporalio import workflow
+
+from darkfactory.workflows.steps import ActivityRunner
+
+with workflow.unsafe.imports_passed_through():
+    from darkfactory.activities.gates import GateActivities
+    from darkfactory.activities.workspace import WorkspaceActivities
+    from darkfactory.contracts import (
+        GateReport,
+        GateResult,
+        MergeResult,
+        MergeTaskInput,
+        PlannedTask,
+        PreparedRun,
+        RestoreBranchInput,
+        RunGatesInput,
+        RunRequest,
+    )
+    from darkfactory.policy import GateName, Policy
+
+NOT_AT_INTEGRATION: tuple[GateName, ...] = ("scope", "acceptance", "review")
+"""Gates judged on each task's own change, not on the integration branch."""
+
+MERGE_CHECK_TASK = "_merge"
+"""Worktree name for the merge queue's checks (not a valid task id, so it cannot collide)."""
+
+
+def integration_gates(policy: Policy) -> list[GateName]:
+    return [gate for gate in policy.gates if gate not in NOT_AT_INTEGRATION]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A task whose gates passed, waiting in the merge queue; `problem` is '' once merged, else why not."""
+
+    task: PlannedTask
+    base: str
+    """The integration head the task's round branched from."""
+    sha: str
+    gates: list[GateResult]
+    """The gates of the task's last attempt."""
+    problem: str | None = None
+    started: bool = False
+    """In a batch being merged: a cancellation waits for the batch to finish."""
+    merged_sha: str = ""
+    """The integration commit that carries it, once merged."""
+
+    @property
+    def approved_past_a_failure(self) -> bool:
+        """A person approved it although one of its gates failed: the queue's check would only repeat that."""
+        return any(not result.passed for result in self.gates)
+
+
+@dataclass
+class Checked:
+    """What a batch did: the head it leaves, and the gates that passed on that head (None: not checked there)."""
+
+    head: str
+    gates: list[GateResult] | None
+    where: str
+    requeue: list[Ticket] = field(default_factory=list)
+    approved: bool = False
+    """The head is a change a person approved past a failing gate, merged unchecked."""
+
+
+class MergeBatch:
+    """Merges, checks and, when red, bisects one batch; activities only, the queue keeps the state."""
+
+    def __init__(
+        self, run_activity: ActivityRunner, request: RunRequest, prepared: PreparedRun, number: int, judged_from: str
+    ) -> None:
+        self._run_activity = run_activity
+        self._request = request
+        self._prepared = prepared
+        self._number = number
+        self._judged_from = judged_from
+        """The commit the checks judge against: the run's base, or the head once a person approved a change past a
+        failing gate (what it broke then fails there too, and does not count against the tasks after it)."""
+
+    async def run(self, head: str, tickets: list[Ticket]) -> Checked:
+        if len(tickets) == 1 and tickets[0].approved_past_a_failure:
+            return await self._approved(head, tickets[0])
+        merged: list[tuple[Ticket, str]] = []
+        tip = head
+        for ticket in tickets:
+            result = await self._merge(ticket)
+            if not result.merged:
+                ticket.problem = _conflict(result)
+                continue
+            tip = result.integration_sha
+            merged.append((ticket, tip))
+        if not merged:
+            return Checked(head, None, "")
+        names = ", ".join(ticket.task.id for ticket, _ in merged)
+        where = f"the merge queue's check of batch {self._number} ({names})"
+        known = self._known_gates(head, merged)
+        report = await self._check(tip, known)
+        if report.passed:
+            for ticket, sha in merged:
+                ticket.problem, ticket.merged_sha = "", sha
+            return Checked(tip, [*(known or []), *report.results], where)
+        return await self._bisect(head, tip, merged, report)
+
+    async def _approved(self, head: str, ticket: Ticket) -> Checked:
+        """A change a person approved past a failing gate merges as it is, alone and unchecked; the run's final
+        verification then runs on the integration branch before anything ships."""
+        result = await self._merge(ticket)
+        if not result.merged:
+            ticket.problem = _conflict(result)
+            return Checked(head, None, "")
+        ticket.problem, ticket.merged_sha = "", result.integration_sha
+        return Checked(result.integration_sha, None, "", approved=True)
+
+    def _known_gates(self, head: str, merged: list[tuple[Ticket, str]]) -> list[GateResult] | None:
+        """The integration gates that passed on this very tree in the task's own gates: a batch of one task,
+        merged onto the head it branched from, judged from there (its lint, types and secrets saw every file
+        changed since; its tests count only when the whole suite ran in the commit's own tree)."""
+        if len(merged) != 1 or not (merged[0][0].base == head == self._judged_from):
+            return None
+        found = {result.gate: result for result in merged[0][0].gates}
+        known: list[GateResult] = []
+        for gate in integration_gates(self._prepared.policy):
+            result = found.get(gate)
+            if result is None or not result.passed or (gate == "tests" and not result.exact_tree):
+                continue
+            known.append(result)
+        return known
+
+    async def _bisect(self, head: str, tip: str, merged: list[tuple[Ticket, str]], failed: GateReport) -> Checked:
+        # Invariant: the tree after `good` merges passed (-1: the head), the tree after `bad` merges failed.
+        good, bad = -1, len(merged) - 1
+        good_gates: list[GateResult] | None = None
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            report = await self._check(merged[middle][1], None)
+            if report.passed:
+                good, good_gates = middle, report.results
+            else:
+                bad, failed = middle, report
+        culprit = merged[bad][0]
+        back_to = merged[good][1] if good >= 0 else head
+        await self._run_activity(
+            WorkspaceActivities.restore_branch,
+            RestoreBranchInput(
+                run_id=self._request.run_id,
+                repo_path=self._request.repo_path,
+                branch=self._prepared.integration_branch,
+                sha=back_to,
+                expected=tip,
+            ),
+            self._request.config.timeouts.git_s,
+        )
+        workflow.logger.info("batch %d: %s broke the integration gates; it goes back", self._number, culprit.task.id)
+        culprit.problem = (
+            "## Regression\nYour change passed its own checks but broke the integration branch's gates once merged "
+            "on top of the current head (the whole test suite runs there); it was not merged. Make the change work "
+            "on top of the current code.\n\n" + failed.feedback
+        )
+        for ticket, sha in merged[:bad]:
+            ticket.problem, ticket.merged_sha = "", sha
+        requeue = [ticket for ticket, _ in merged[bad + 1 :]]
+        for ticket in requeue:
+            ticket.started = False
+        where = f"the merge queue's check of batch {self._number}"
+        return Checked(back_to, good_gates if good >= 0 else None, where, requeue)
+
+    async def _merge(self, ticket: Ticket) -> MergeResult:
+        result: MergeResult = await self._run_activity(
+            WorkspaceActivities.merge_task,
+            MergeTaskInput(
+                run_id=self._request.run_id,
+                task_id=ticket.task.id,
+                title=ticket.task.title,
+                repo_path=self._request.repo_path,
+                integration_branch=self._prepared.integration_branch,
+                task_sha=ticket.sha,
+                commit_time=int(workflow.now().timestamp()),
+            ),
+            self._request.config.timeouts.git_s,
+        )
+        return result
+
+    async def _check(self, sha: str, known: list[GateResult] | None) -> GateReport:
+        """The integration gates on one of the batch's trees, judged against the run's base as the final
+        verification is (or against the head, see `_judged_from`); gates in `known` already passed on this tree
+        and are not run again."""
+        policy = self._prepared.policy
+        skip = {result.gate for result in known or []}
+        gates = [gate for gate in integration_gates(policy) if gate not in skip]
+        if not gates:
+            return GateReport(sha=sha, results=[])
+        timeouts = self._request.config.timeouts
+        report: GateReport = await self._run_activity(
+            GateActivities.run_gates,
+            RunGatesInput(
+                run_id=self._request.run_id,
+                task_id=MERGE_CHECK_TASK,
+                attempt=self._number,
+                repo_path=self._request.repo_path,
+                sha=sha,
+                base_sha=self._judged_from,
+                config=self._request.config,
+                policy=policy.model_copy(update={"gates": gates}),
+                baseline=self._prepared.baseline,
+                purpose="regression",
+            ),
+            timeouts.gates_s,
+            heartbeat_s=max(timeouts.heartbeat_s, 30.0),
+        )
+        return report
+
+
+def _conflict(result: MergeResult) -> str:
+    return (
+        f"## Merge conflict\nWhile you worked, other tasks were merged into the integration branch, and your "
+        f"change conflicts with them in: {result.conflict}. Make the change again on top of the current code "
+        f"(your workspace now holds it)."
+    )
