@@ -183,6 +183,7 @@ class GateActivities:
                     baseline=self._baseline(input.baseline),
                     trees_dir=root / f"{input.task_id}.trees",
                     acceptance_selection=input.acceptance_selection,
+                    findings_cache=self._settings.home / "cache" / "base-findings",
                 )
             )
         report = _redacted(report)

@@ -53,3 +53,5 @@ class GateContext:
     """Where the tests gate checks out the trees it builds (the judged tree, the witness tree); None: scratch."""
     acceptance_selection: Sequence[str] | None = None
     """Held-out tests (file names or node ids in `acceptance_dir`) that gate the task; None: all of them."""
+    findings_cache: Path | None = None
+    """Where the lint and types gates keep the base's findings by base tree (worker-local); None: no caching."""

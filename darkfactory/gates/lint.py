@@ -5,13 +5,17 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import TypeAdapter
+
 from darkfactory.contracts import GateResult
+from darkfactory.gates.base_findings import base_side
 from darkfactory.gates.common import (
     MAX_ITEMS,
     TOOL_TIMEOUT_S,
@@ -50,6 +54,11 @@ class Finding:
         return f"{self.path}:{self.row}:{self.col}: {self.code} {self.message}"
 
 
+RUFF_ARGV = ("check", "--no-cache", "--output-format=json")
+_FINDINGS = TypeAdapter(list[Finding])
+"""How the base's findings are kept in the cache (see base_findings)."""
+
+
 def ruff_binary() -> Path:
     """ruff from darkfactory's own environment: a static binary that only reads the target's files."""
     candidate = Path(sys.executable).parent / "ruff"
@@ -60,7 +69,7 @@ def run_ruff(ctx: GateContext, tree: Path, files: Sequence[str]) -> tuple[Comman
     """ruff on `files` in `tree` with that tree's configuration; findings None when ruff did not work."""
     ruff = ruff_binary()
     result = run_command(
-        [str(ruff), "check", "--no-cache", "--output-format=json", "--", *files],
+        [str(ruff), *RUFF_ARGV, "--", *files],
         cwd=tree,
         readonly_paths=[ruff.parent] if ruff.is_absolute() else [],
         timeout_s=budget(ctx, TOOL_TIMEOUT_S),
@@ -89,6 +98,17 @@ def run_ruff(ctx: GateContext, tree: Path, files: Sequence[str]) -> tuple[Comman
     return result, findings
 
 
+def ruff_identity() -> list[str] | None:
+    """Which ruff checks, for the base findings' cache key: its path, arguments, size and modification time (a
+    stat, not a sandboxed `ruff --version`: this is darkfactory's own binary); None when it is not on disk."""
+    ruff = ruff_binary()
+    try:
+        stat = (ruff if ruff.is_absolute() else Path(shutil.which(str(ruff)) or ruff)).stat()
+    except OSError:
+        return None
+    return [str(ruff), *RUFF_ARGV, str(stat.st_size), str(stat.st_mtime_ns)]
+
+
 def lint_gate(ctx: GateContext) -> GateResult:
     """ruff on the changed files, with the target repository's own configuration; only new findings fail."""
     files = python_files(ctx)
@@ -111,8 +131,17 @@ def lint_gate(ctx: GateContext) -> GateResult:
     if findings and ctx.base_worktree is not None:
         base_files = [path for path in files if is_regular(ctx.base_worktree, path)]
         if base_files:
-            base_result, base_findings = run_ruff(ctx, ctx.base_worktree, base_files)
-            outputs.append(transcript(base_result))
+            base_tree = ctx.base_worktree
+            base = base_side(
+                ctx,
+                "ruff",
+                ruff_identity,
+                base_files,
+                _FINDINGS,
+                lambda: run_ruff(ctx, base_tree, base_files),
+            )
+            outputs.append(base.transcript)
+            base_findings = base.findings
             if base_findings is None:
                 notes.append("ruff did not run on the base commit: every finding counts as new")
             else:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from pydantic import TypeAdapter
+
 from darkfactory.contracts import GateResult
+from darkfactory.gates.base_findings import BaseSide, base_side
 from darkfactory.gates.common import (
     MAX_ITEMS,
     TOOL_TIMEOUT_S,
@@ -58,6 +61,29 @@ class MypyError:
         return f"{self.path}:{self.line}: error: {self.message}"
 
 
+_ERRORS = TypeAdapter(list[MypyError])
+"""How the base's errors are kept in the cache (see base_findings)."""
+_PROBE = """import mypy
+try:
+    from mypy.version import __version__
+except Exception:
+    __version__ = "unknown"
+print(__version__)
+"""
+"""Whether the target's python has a mypy (and which: part of the base errors' cache key)."""
+
+
+@dataclass(frozen=True)
+class MypyLaunch:
+    """How the target's python runs mypy: extra environment and read-only paths, and which mypy that is."""
+
+    env: dict[str, str]
+    readonly_paths: list[Path]
+    identity: list[str]
+    """Everything besides the tree and the files that decides mypy's output: its version, the interpreter and
+    environment it runs in (whose packages it reads), the arguments."""
+
+
 def mypy_configured(tree: Path) -> bool:
     """The target configures mypy at its root: `mypy.ini`, `.mypy.ini`, `[tool.mypy]` or setup.cfg's `[mypy]`."""
     if is_regular(tree, "mypy.ini") or is_regular(tree, ".mypy.ini"):
@@ -83,38 +109,40 @@ def mypy_tools(cache_root: Path) -> Path:
     return tool_dir(cache_root, "mypy", ["mypy"])
 
 
-def _mypy_launch(ctx: GateContext) -> tuple[dict[str, str], list[Path]]:
-    """(extra environment, extra read-only paths) under which the target's python can run mypy.
+def _mypy_launch(ctx: GateContext) -> MypyLaunch:
+    """How the target's python can run mypy.
 
     The target's own mypy when it has one (its pinned version is the one its code is written for); ours
     otherwise. `-P` keeps a `mypy.py` or `mypy/` in the worktree from standing in for the real one.
     """
     probe = run_command(
-        ["python", "-P", "-c", "import mypy"],
+        ["python", "-P", "-c", _PROBE],
         cwd=ctx.worktree,
         env={"VIRTUAL_ENV": str(ctx.env.root)},
         path_prefix=[ctx.env.bin_dir],
         readonly_paths=ctx.env.readonly_paths,
         timeout_s=budget(ctx, 60.0),
     )
+    environment = [ctx.env.fingerprint, str(ctx.env.root), *MYPY_ARGV]
     if probe.ok:
-        return {}, []
+        return MypyLaunch({}, [], ["target", probe.output.strip(), *environment])
     tools = mypy_tools(ctx.env.root.parent)
-    return {"PYTHONPATH": str(site_packages(tools))}, [tools]
+    pythonpath = str(site_packages(tools))
+    identity = ["darkfactory", metadata.version("mypy"), pythonpath, *environment]
+    return MypyLaunch({"PYTHONPATH": pythonpath}, [tools], identity)
 
 
 def run_mypy(
-    ctx: GateContext, tree: Path, files: Sequence[str], scratch: Path, launch: tuple[dict[str, str], list[Path]]
+    ctx: GateContext, tree: Path, files: Sequence[str], scratch: Path, launch: MypyLaunch
 ) -> tuple[CommandResult, list[MypyError] | None]:
     """mypy on `files` in `tree` with that tree's configuration; errors None when mypy did not work."""
-    extra_env, extra_paths = launch
     cache = scratch / f"mypy-cache-{'head' if tree == ctx.worktree else 'base'}"
     result = run_command(
         [*MYPY_ARGV, f"--cache-dir={cache}", "--", *files],
         cwd=tree,
-        env={"VIRTUAL_ENV": str(ctx.env.root), **extra_env},
+        env={"VIRTUAL_ENV": str(ctx.env.root), **launch.env},
         path_prefix=[ctx.env.bin_dir],
-        readonly_paths=[*ctx.env.readonly_paths, *extra_paths],
+        readonly_paths=[*ctx.env.readonly_paths, *launch.readonly_paths],
         writable_paths=[scratch],
         timeout_s=budget(ctx, TOOL_TIMEOUT_S),
         on_tick=ctx.on_tick,
@@ -133,6 +161,15 @@ def run_mypy(
     if result.returncode == 1 and not errors:
         return result, None  # exit 1 without a parseable error: something we cannot read
     return result, errors
+
+
+def _base_errors(
+    ctx: GateContext, base: Path, files: Sequence[str], scratch: Path, launch: MypyLaunch
+) -> BaseSide[MypyError]:
+    """mypy's errors on the base for `files`, reused from the cache when this base tree was checked already."""
+    return base_side(
+        ctx, "mypy", lambda: launch.identity, files, _ERRORS, lambda: run_mypy(ctx, base, files, scratch, launch)
+    )
 
 
 def types_gate(ctx: GateContext) -> GateResult:
@@ -158,8 +195,9 @@ def types_gate(ctx: GateContext) -> GateResult:
             reported = [error.path for error in errors or []]
             base_files = [path for path in dict.fromkeys([*files, *reported]) if is_regular(base, path)]
             if base_files:
-                base_result, base_errors = run_mypy(ctx, base, base_files, scratch, launch)
-                outputs.append(transcript(base_result))
+                side = _base_errors(ctx, base, base_files, scratch, launch)
+                base_result, base_errors = side.result, side.findings
+                outputs.append(side.transcript)
     details = details_blob(ctx, outputs)
     if result.timed_out:
         return GateResult(gate="types", passed=False, summary="mypy timed out", details_ref=details)
