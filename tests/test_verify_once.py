@@ -16,9 +16,23 @@ import pytest
 from temporalio.client import Client
 
 from darkfactory.constants import run_workflow_id, task_workflow_id
-from darkfactory.contracts import RunState
+from darkfactory.contracts import DecisionInput, RunState
+from darkfactory.workflows import FactoryRunWorkflow
+from tests.conftest import git
 from tests.test_escalation import with_policy
-from tests.test_parallel import EDIT, NO_MODEL_GATES, done, module, module_test, plan, running, task, tool, turn
+from tests.test_parallel import (
+    EDIT,
+    NO_MODEL_GATES,
+    done,
+    module,
+    module_test,
+    plan,
+    running,
+    task,
+    tool,
+    turn,
+    until_task_state,
+)
 from tests.test_replay import record_history
 
 SHOUT = [[turn(module("shout", "shout", "text.upper()"), module_test("shout", "shout", "hi", "HI")), done()]]
@@ -112,7 +126,7 @@ async def test_with_the_whole_suite_in_tasks_a_one_task_run_is_not_checked_again
 
     assert await gate_runs(client, run_workflow_id(summary.run_id)) == 0  # the task's gates saw this very tree
     assert await full_suites(client, summary) == 1
-    assert not_run_again(summary, "the merge queue's check of batch 1 (add-shout)")
+    assert not_run_again(summary, "task add-shout's gates")
 
 
 async def test_a_task_whose_edited_tests_ran_as_the_base_has_them_gets_the_suite_on_its_own_tree(
@@ -201,3 +215,76 @@ async def test_a_red_batch_is_bisected_the_culprit_goes_back_and_the_others_merg
     assert not checks[0]["results"][-1]["passed"] and "test_the_is_a_stopword" in checks[0]["results"][-1]["feedback"]
     assert "the" in (demo_repo / "textkit" / "stopwords.txt").read_text().split()
     assert not_run_again(summary, "the merge queue's check of batch")
+
+
+async def test_after_two_batches_mypy_runs_again_at_the_end_and_catches_what_neither_check_saw(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second batch changes a function's return type; the file that uses it was changed by the first batch, and
+    # the second batch's check (mypy on the files it changed) cannot see it. The suite and lint hold batch by batch;
+    # mypy follows imports across files, so the integration branch runs it again on every file the run changed.
+    pyproject = demo_repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.mypy]\nwarn_unused_configs = true\n")
+    count = "def count() -> int:\n    return 3\n"
+    use = "from textkit.counter import count\n\nTOTAL: int = count() + 1\n"
+    use_test = "from textkit.total import TOTAL\n\n\ndef test_total():\n    assert TOTAL == 4\n"
+    first = [
+        tool(EDIT, command="create", path="textkit/counter.py", file_text=count),
+        tool(EDIT, command="create", path="textkit/total.py", file_text=use),
+        tool(EDIT, command="create", path="tests/test_total.py", file_text=use_test),
+    ]
+    as_text = "def count() -> str:\n    return 3  # type: ignore[return-value]\n"  # the same at run time
+    retype = tool(EDIT, command="create", path="textkit/counter.py", file_text=as_text)
+    transcript = {
+        "plan": plan(task("add-total"), task("retype-count", ["add-total"], task_type="refactor")),
+        "tasks": {
+            "add-total": [[turn(*first), done()]],
+            "retype-count": [[turn(retype), done()]],
+        },
+    }
+    with_policy(demo_repo, 'gates = ["scope", "secrets", "syntax", "lint", "types", "tests"]\n')
+    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch) as (handle, _s, _h):
+        summary = await handle.result()
+
+    assert [t.state for t in summary.tasks] == ["merged", "merged"]
+    assert summary.phase == "failed" and "types" in (summary.error or "")
+    types = next(g for g in summary.final_gates if g.gate == "types")
+    assert not types.passed and "textkit/total.py" in types.feedback
+    others = [g for g in summary.final_gates if g.gate != "types"]
+    assert others and all(any("not run again" in n for n in g.notes) for g in others)
+
+
+async def test_after_a_change_approved_past_failing_tests_the_next_task_is_not_blamed_and_nothing_ships(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # add-broken's new test fails; a person approves it anyway. add-after, which depends on it, lands on a head
+    # where that test fails: its check must not count it against add-after. The final verification, judged
+    # against the run's base, still stops the run before anything ships.
+    broken = [module("broken", "broken", "text"), module_test("broken", "broken", "a", "A")]
+    transcript = {
+        "plan": plan(task("add-broken"), task("add-after", ["add-broken"])),
+        "tasks": {"add-broken": [[turn(*broken), done()]], "add-after": SHOUT},
+    }
+    with_policy(demo_repo, NO_MODEL_GATES)
+    main_before = git(demo_repo, "rev-parse", "main")
+    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
+        handle,
+        _server,
+        _held,
+    ):
+        await until_task_state(handle, "add-broken", {"escalated"})
+        run_id = (await handle.query(FactoryRunWorkflow.status)).run_id
+        broken_task = client.get_workflow_handle(task_workflow_id(run_id, "add-broken"))
+        await broken_task.signal("approve", DecisionInput(by="ana", note="known, ship it"))
+        summary = await handle.result()
+
+    states = {t.id: (t.state, t.attempts) for t in summary.tasks}
+    assert states == {"add-broken": ("merged", 1), "add-after": ("merged", 1)}
+    # add-broken's own gates had run lint and the others on its tree, and its tests' failure was approved: no check
+    # for it. Then add-after's check, and the final verification.
+    checks = await gate_reports(client, run_workflow_id(summary.run_id))
+    assert len(checks) == 2
+    after = checks[0]["results"][-1]
+    assert after["gate"] == "tests" and after["passed"] and "pre-existing" in after["summary"]
+    assert summary.phase == "failed" and "tests" in (summary.error or "")
+    assert git(demo_repo, "rev-parse", "main") == main_before

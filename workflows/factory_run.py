@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         BudgetCheck,
         DecisionInput,
         GateReport,
+        GateResult,
         MeasureBaseInput,
         Plan,
         PreparedRun,
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from darkfactory.plan import blocked_by, ready_tasks
+    from darkfactory.policy import GateName
     from darkfactory.triggers.ids import tick_run_id
     from darkfactory.workflows.steps import run_step
 
@@ -166,16 +168,25 @@ class FactoryRunWorkflow:
         self._book.set_phase("shipped")
 
     async def _verify(self, request: RunRequest, prepared: PreparedRun, head: str) -> None:
-        """The integration branch's gates on the final head, before anything ships."""
+        """The integration branch's gates on the final head, before anything ships: those the merge queue's checks
+        do not already imply for this very tree."""
         config = request.config
         timeouts = config.timeouts
+        gates = integration_gates(prepared.policy)
+        kept: list[GateResult] = []
         verified = self._queue.verified
         if verified is not None and verified.head == head and workflow.patched("skip-verified-integration"):
-            # The merge queue's head passed every integration gate on this very tree (in the queue's check of its
-            # last batch, or in the gates of a one-task run's task): verifying it again would repeat that work.
+            # The queue's head passed every integration gate on this very tree (in the check of its last batch,
+            # judged from the head before it, each batch back to the base the same way; or in a one-task run's
+            # task gates): verifying it again would repeat that work. Only mypy, which looks across files, is
+            # run again on every file the run changed when more than one batch merged.
+            again: list[GateName] = [] if verified.whole_run else [gate for gate in gates if gate == "types"]
             note = f"not run again: this very tree passed it in {verified.where}"
-            self._book.update(final_gates=[g.model_copy(update={"notes": [*g.notes, note]}) for g in verified.gates])
-            return
+            kept = [g.model_copy(update={"notes": [*g.notes, note]}) for g in verified.gates if g.gate not in again]
+            if not again:
+                self._book.update(final_gates=kept)
+                return
+            gates = again
         report: GateReport = await run_step(
             GateActivities.run_gates,
             RunGatesInput(
@@ -187,14 +198,14 @@ class FactoryRunWorkflow:
                 base_sha=prepared.base_sha,
                 config=config,
                 # Each task's scope, acceptance and review were judged on its own change.
-                policy=prepared.policy.model_copy(update={"gates": integration_gates(prepared.policy)}),
+                policy=prepared.policy.model_copy(update={"gates": gates}),
                 baseline=prepared.baseline,
                 purpose="integration",
             ),
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
         )
-        self._book.update(final_gates=report.results)
+        self._book.update(final_gates=[*kept, *report.results])
         if not report.passed:
             metrics.record_gate_failures(workflow.metric_meter(), report.results, "integration")
             raise RunFailed("the integration branch failed its gates after merging: " + failing_gates(report))

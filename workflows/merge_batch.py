@@ -62,7 +62,8 @@ class Ticket:
 
     @property
     def approved_past_a_failure(self) -> bool:
-        """A person approved it although one of its gates failed: the queue's check would only repeat that."""
+        """A person approved it although one of its gates failed: it merges alone, and its check leaves out the
+        gates whose failure was approved."""
         return any(not result.passed for result in self.gates)
 
 
@@ -75,62 +76,73 @@ class Checked:
     where: str
     requeue: list[Ticket] = field(default_factory=list)
     approved: bool = False
-    """The head is a change a person approved past a failing gate, merged unchecked."""
+    """The head is a change a person approved past a failing gate (checked by every other integration gate)."""
+    kept: int = 0
+    """How many of the batch's merges stayed (the ones before a culprit)."""
 
 
 class MergeBatch:
     """Merges, checks and, when red, bisects one batch; activities only, the queue keeps the state."""
 
-    def __init__(
-        self, run_activity: ActivityRunner, request: RunRequest, prepared: PreparedRun, number: int, judged_from: str
-    ) -> None:
+    def __init__(self, run_activity: ActivityRunner, request: RunRequest, prepared: PreparedRun, number: int) -> None:
         self._run_activity = run_activity
         self._request = request
         self._prepared = prepared
         self._number = number
-        self._judged_from = judged_from
-        """The commit the checks judge against: the run's base, or the head once a person approved a change past a
-        failing gate (what it broke then fails there too, and does not count against the tasks after it)."""
+        self._head = ""
+        """The head the batch lands on, which its checks judge against: what they count is what the batch adds
+        (a failure already there and unaffected by the batch is not the batch's)."""
 
     async def run(self, head: str, tickets: list[Ticket]) -> Checked:
-        if len(tickets) == 1 and tickets[0].approved_past_a_failure:
-            return await self._approved(head, tickets[0])
+        """Every ticket ends with its `problem` set ('' merged) or put back in `requeue`, and only once the batch
+        is over (a task told of a conflict starts its next round from the head the batch leaves)."""
+        self._head = head
         merged: list[tuple[Ticket, str]] = []
+        conflicts: list[tuple[Ticket, MergeResult, int]] = []
         tip = head
         for ticket in tickets:
             result = await self._merge(ticket)
             if not result.merged:
-                ticket.problem = _conflict(result)
+                conflicts.append((ticket, result, len(merged)))
                 continue
             tip = result.integration_sha
             merged.append((ticket, tip))
+        checked = await self._checked(head, tip, merged)
+        for ticket, result, before in conflicts:
+            if before > checked.kept:  # it conflicted with a change that did not stay: it may merge after all
+                ticket.started = False
+                checked.requeue.append(ticket)
+            else:
+                ticket.problem = _conflict(result)
+        return checked
+
+    async def _checked(self, head: str, tip: str, merged: list[tuple[Ticket, str]]) -> Checked:
         if not merged:
             return Checked(head, None, "")
         names = ", ".join(ticket.task.id for ticket, _ in merged)
         where = f"the merge queue's check of batch {self._number} ({names})"
         known = self._known_gates(head, merged)
-        report = await self._check(tip, known)
+        approved = len(merged) == 1 and merged[0][0].approved_past_a_failure
+        report = await self._check(tip, known, self._approved_failures(merged[0][0]) if approved else set())
         if report.passed:
+            if not report.results:  # the task's own gates had run every one of them on this very tree
+                where = f"task {merged[0][0].task.id}'s gates"
             for ticket, sha in merged:
                 ticket.problem, ticket.merged_sha = "", sha
-            return Checked(tip, [*(known or []), *report.results], where)
+            return Checked(tip, [*(known or []), *report.results], where, approved=approved, kept=len(merged))
         return await self._bisect(head, tip, merged, report)
 
-    async def _approved(self, head: str, ticket: Ticket) -> Checked:
-        """A change a person approved past a failing gate merges as it is, alone and unchecked; the run's final
-        verification then runs on the integration branch before anything ships."""
-        result = await self._merge(ticket)
-        if not result.merged:
-            ticket.problem = _conflict(result)
-            return Checked(head, None, "")
-        ticket.problem, ticket.merged_sha = "", result.integration_sha
-        return Checked(result.integration_sha, None, "", approved=True)
+    @staticmethod
+    def _approved_failures(ticket: Ticket) -> set[GateName]:
+        """The gates a person approved the change past: its check does not run them again (what they found is
+        what was approved), it runs every other integration gate."""
+        return {result.gate for result in ticket.gates if not result.passed}
 
     def _known_gates(self, head: str, merged: list[tuple[Ticket, str]]) -> list[GateResult] | None:
         """The integration gates that passed on this very tree in the task's own gates: a batch of one task,
-        merged onto the head it branched from, judged from there (its lint, types and secrets saw every file
-        changed since; its tests count only when the whole suite ran in the commit's own tree)."""
-        if len(merged) != 1 or not (merged[0][0].base == head == self._judged_from):
+        merged onto the head it branched from (its gates judged the change from there, as the check would; its
+        tests count only when the whole suite ran in the commit's own tree)."""
+        if len(merged) != 1 or merged[0][0].base != head:
             return None
         found = {result.gate: result for result in merged[0][0].gates}
         known: list[GateResult] = []
@@ -177,7 +189,7 @@ class MergeBatch:
         for ticket in requeue:
             ticket.started = False
         where = f"the merge queue's check of batch {self._number}"
-        return Checked(back_to, good_gates if good >= 0 else None, where, requeue)
+        return Checked(back_to, good_gates if good >= 0 else None, where, requeue, kept=good + 1)
 
     async def _merge(self, ticket: Ticket) -> MergeResult:
         result: MergeResult = await self._run_activity(
@@ -195,12 +207,13 @@ class MergeBatch:
         )
         return result
 
-    async def _check(self, sha: str, known: list[GateResult] | None) -> GateReport:
-        """The integration gates on one of the batch's trees, judged against the run's base as the final
-        verification is (or against the head, see `_judged_from`); gates in `known` already passed on this tree
-        and are not run again."""
+    async def _check(
+        self, sha: str, known: list[GateResult] | None, approved: set[GateName] | None = None
+    ) -> GateReport:
+        """The integration gates on one of the batch's trees, judged against the head the batch lands on; gates in
+        `known` already passed on this tree and are not run again."""
         policy = self._prepared.policy
-        skip = {result.gate for result in known or []}
+        skip = {result.gate for result in known or []} | (approved or set())
         gates = [gate for gate in integration_gates(policy) if gate not in skip]
         if not gates:
             return GateReport(sha=sha, results=[])
@@ -213,7 +226,7 @@ class MergeBatch:
                 attempt=self._number,
                 repo_path=self._request.repo_path,
                 sha=sha,
-                base_sha=self._judged_from,
+                base_sha=self._head,
                 config=self._request.config,
                 policy=policy.model_copy(update={"gates": gates}),
                 baseline=self._prepared.baseline,

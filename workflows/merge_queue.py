@@ -7,7 +7,8 @@ red). Each task then hears its own outcome: merged, or the problem for its next 
 that broke the integration gates in combination with work merged before it).
 
 Nothing becomes the queue's head without the integration gates, the whole suite among them, passing on that
-very tree; so the queue's head is always `verified`, and the run's final verification would only repeat it.
+very tree, judged against the head before it; so the queue's head is `verified` (see `Verified.whole_run` for
+what that implies for the run as a whole), and the run's final verification would mostly repeat it.
 
 Runs recorded before batches (`patched("merge-batches")`) replay the old path: one merge at a time, the
 regression suite only when other work was merged meanwhile.
@@ -55,6 +56,11 @@ class Verified:
     where: str
     """Where they passed, for the summary: a task's gates, or one of the merge queue's checks."""
     gates: list[GateResult]
+    whole_run: bool = True
+    """Judged against the run's base. Otherwise against the head before the last batch, with every earlier batch
+    checked the same way back to the base: that implies the verdict on the whole run for the gates that look at
+    each file or line on its own (secrets, syntax, lint) and for the suite, not for mypy, which follows imports
+    across files (a later change can break a file an earlier one changed)."""
 
 
 def passed_everything_there(policy: Policy, gates: list[GateResult]) -> list[GateResult] | None:
@@ -84,9 +90,9 @@ class MergeQueue:
         self._leading = False
         self._batches = 0
         self._broken: BaseException | None = None
-        self._judged_from_base = True
-        """False once a change a person approved past a failing gate is merged: checks then judge from the head,
-        and the head is never verified (the final verification runs)."""
+        self._chain_intact = True
+        """Every merge so far passed the queue's check: False once a change a person approved past a failing gate
+        is merged (the head is then never verified, and the final verification runs)."""
         self.merged_as: dict[str, str] = {}
         """Task id -> the integration commit that carries it (a batch's head may carry later tasks too)."""
 
@@ -137,7 +143,11 @@ class MergeQueue:
                     await self._lead(request, prepared)
         except asyncio.CancelledError:
             if ticket.started:  # in the batch in flight: it finishes, and this task hears how it went
-                await workflow.wait_condition(lambda: ticket.problem is not None or self._broken is not None)
+                await workflow.wait_condition(
+                    lambda: ticket.problem is not None or self._broken is not None or not ticket.started
+                )
+                if ticket.problem is None and ticket in self._waiting:  # put back for a later batch: not merged
+                    self._waiting.remove(ticket)
                 if ticket.problem == "":
                     self.merged_as[ticket.task.id] = ticket.merged_sha
                     on_merged_while_cancelled()
@@ -171,15 +181,14 @@ class MergeQueue:
             for ticket in tickets:
                 ticket.started = True
             self._batches += 1
-            judged_from = prepared.base_sha if self._judged_from_base else self.head
-            batch = MergeBatch(self._run_activity, request, prepared, self._batches, judged_from)
+            batch = MergeBatch(self._run_activity, request, prepared, self._batches)
             job = asyncio.ensure_future(self._batch(batch, tickets))
             try:
                 checked = await asyncio.shield(job)
             except asyncio.CancelledError:
-                self._moved(await job)  # a started batch always finishes
+                self._moved(await job, prepared.base_sha)  # a started batch always finishes
                 raise
-            self._moved(checked)
+            self._moved(checked, prepared.base_sha)
         finally:
             self._leading = False
 
@@ -191,12 +200,13 @@ class MergeQueue:
             self._broken = exc
             raise
 
-    def _moved(self, checked: Checked) -> None:
+    def _moved(self, checked: Checked, base_sha: str) -> None:
         if checked.approved:
-            self._judged_from_base = False
+            self._chain_intact = False
             self.verified = None
-        elif checked.gates is not None and self._judged_from_base:
-            self.verified = Verified(checked.head, checked.where, checked.gates)
+        elif checked.gates is not None and self._chain_intact:
+            # Each check judged what its batch added to the head before it, back to the run's base.
+            self.verified = Verified(checked.head, checked.where, checked.gates, whole_run=self.head == base_sha)
         self.head = checked.head
         # Tasks after a culprit go first in the next batch: they waited longest.
         self._waiting[:0] = checked.requeue

@@ -63,6 +63,11 @@ class TaskRounds:
                 self._book.set_task(task.id, state="cancelled", reason="the run was cancelled")
                 return
             base = self._queue.head
+            policy = prepared.policy
+            if not workflow.patched("merge-batches"):
+                # A run begun before batches merges without the queue's whole suite: its tasks run all of it.
+                queue_rules = policy.merge_queue.model_copy(update={"full_suite_in_tasks": True})
+                policy = policy.model_copy(update={"merge_queue": queue_rules})
             self._book.set_task(task.id, state="running")
             self._book.begin_round(task.id)
             handle = await workflow.start_child_workflow(
@@ -74,7 +79,7 @@ class TaskRounds:
                     task=task,
                     base_sha=base,
                     config=config,
-                    policy=prepared.policy,
+                    policy=policy,
                     acceptance=prepared.acceptance if sink else None,
                     first_attempt=first_attempt,
                     feedback=feedback,

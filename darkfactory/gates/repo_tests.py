@@ -3,9 +3,10 @@
 For pytest: the suite runs in the judged tree (the change's code with the base's tests, see `trees.py`). A task
 runs the tests its change affects (by coverage, see `selection.py`; all of them when that cannot be told) and
 the merge queue runs the whole suite on the tree it merges; elsewhere, and with `[merge_queue]
-full_suite_in_tasks`, the whole suite runs, the affected tests first where the suite is slow. A failing test counts unless the policy quarantines it, it
-passes when re-run alone (flaky), or it failed on the base too and the change does not affect it
-(pre-existing; `[tests] strict_base` counts those as well). A `feature` or `bugfix` task also needs a
+full_suite_in_tasks` or `[tests] strict_base`, the whole suite runs, the affected tests first where it is slow.
+A failing test counts unless the policy quarantines it, it passes when re-run alone (flaky), or it failed on
+the base too and the change does not affect it (pre-existing; `[tests] strict_base` counts those as well; in
+a merge check, also one failing on the head the changes land on). A `feature` or `bugfix` task also needs a
 witness: a test that fails on the base and passes with the change, either an existing failing test or a
 new one that fails when run against the base's code (the witness tree).
 
@@ -142,7 +143,7 @@ class _PytestGate:
     def judge(self, run: PytestRun, scope: str) -> GateResult | None:
         """The failing result for this run, or None when nothing in it counts."""
         result = run.result
-        suffix = f" ({scope}; the full suite was not run)" if scope else ""
+        suffix = f" ({scope})" if scope else ""
         if result.timed_out:
             return self.result(
                 False, f"tests timed out after {result.duration_s:.0f}s{suffix}", tail(result.output, 40)
@@ -217,6 +218,7 @@ class _PytestGate:
             self.ledger.flaky.update({case.nodeid: case for case in rerunnable if case.nodeid in passed})
         counted: list[Counted] = []
         unaffected: list[JUnitCase] = []
+        inherited: list[JUnitCase] = []
         baseline = self.ctx.baseline
         for case in pending:
             if case.nodeid in self.ledger.flaky:
@@ -226,7 +228,10 @@ class _PytestGate:
                 counted.append(Counted(case, False, "the base's tests were not measured, so every failure counts"))
             elif not baseline.failed(original):
                 new = self.judged is not None and case.file in self.judged.new_tests
-                counted.append(Counted(case, False, "a new or changed test" if new else "passed on the base"))
+                if self._may_be_inherited(original):
+                    inherited.append(case)
+                else:
+                    counted.append(Counted(case, False, "a new or changed test" if new else "passed on the base"))
             elif rules.strict_base:
                 counted.append(Counted(case, True, "failed on the base too; the policy's strict_base counts it"))
             elif self.affected.covers(original):
@@ -234,6 +239,36 @@ class _PytestGate:
             else:
                 unaffected.append(case)
         counted.extend(self._pre_existing(unaffected))
+        counted.extend(self._inherited(inherited))
+        return counted
+
+    def _may_be_inherited(self, original: str) -> bool:
+        """A merge check's failure of a test that passed on the run's base, that the merged changes do not affect:
+        it may fail on the head they land on already (where a person approved a change past a failing gate)."""
+        baseline = self.ctx.baseline
+        return (
+            self.ctx.purpose == "regression"
+            and baseline is not None
+            and baseline.base_sha != self.ctx.base_sha
+            and not self.affected.covers(original)
+        )
+
+    def _inherited(self, cases: list[JUnitCase]) -> list[Counted]:
+        """Of those, the ones failing on the head too are not the merged changes' doing; the others count."""
+        if not cases:
+            return []
+        failing_there = self._fails_on_base([self._original(case.nodeid) for case in cases], "head-check")
+        counted: list[Counted] = []
+        for case in cases:
+            if self._original(case.nodeid) in failing_there:
+                self.ledger.pre_existing[case.nodeid] = case
+            else:
+                counted.append(Counted(case, False, "passed on the base and on the head this change lands on"))
+        if failing_there:
+            self.ledger.notes.append(
+                f"{len(failing_there)} test(s) fail on the head these changes land on too (a change approved past a "
+                "failing gate): not counted against them"
+            )
         return counted
 
     def _pre_existing(self, unaffected: list[JUnitCase]) -> list[Counted]:
