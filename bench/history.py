@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
@@ -26,10 +29,16 @@ class Span:
     name: str
     scheduled_s: float
     closed_s: float
+    started_s: float | None = None
+    """When a worker picked it up (its last attempt); before that it waited for a slot."""
 
     @property
     def duration_s(self) -> float:
         return self.closed_s - self.scheduled_s
+
+    @property
+    def running_from_s(self) -> float:
+        return self.scheduled_s if self.started_s is None else self.started_s
 
 
 def _seconds(event: HistoryEvent) -> float:
@@ -38,17 +47,57 @@ def _seconds(event: HistoryEvent) -> float:
 
 def activity_spans(events: list[HistoryEvent]) -> list[Span]:
     scheduled: dict[int, tuple[str, float]] = {}
+    started: dict[int, float] = {}
     spans: list[Span] = []
     for event in events:
         if event.HasField("activity_task_scheduled_event_attributes"):
             name = event.activity_task_scheduled_event_attributes.activity_type.name
             scheduled[event.event_id] = (name, _seconds(event))
             continue
+        if event.HasField("activity_task_started_event_attributes"):
+            started[event.activity_task_started_event_attributes.scheduled_event_id] = _seconds(event)
+            continue
         for field in _CLOSED:
             if event.HasField(field):
-                name, at = scheduled[getattr(event, field).scheduled_event_id]
-                spans.append(Span(name, at, _seconds(event)))
+                scheduled_id = getattr(event, field).scheduled_event_id
+                name, at = scheduled[scheduled_id]
+                spans.append(Span(name, at, _seconds(event), started.get(scheduled_id)))
     return spans
+
+
+def completed_results(events: list[HistoryEvent], activity: str) -> list[Any]:
+    """The decoded results of `activity`'s completions (JSON payloads, as the pydantic converter writes them)."""
+    names: dict[int, str] = {}
+    results: list[Any] = []
+    for event in events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            names[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.HasField("activity_task_completed_event_attributes"):
+            done = event.activity_task_completed_event_attributes
+            if names.get(done.scheduled_event_id) == activity and done.result.payloads:
+                results.append(json.loads(done.result.payloads[0].data))
+    return results
+
+
+@dataclass(frozen=True)
+class SuiteRuns:
+    """Tests-gate results among a run's `run_gates` completions."""
+
+    tests: int
+    """Every tests GateResult."""
+    full_suite: int
+    """Those with `full_suite: true`: the repository's whole suite ran."""
+
+
+def suite_runs(all_events: Iterable[list[HistoryEvent]]) -> SuiteRuns:
+    tests = full = 0
+    for events in all_events:
+        for report in completed_results(events, "run_gates"):
+            for result in report.get("results", []):
+                if result.get("gate") == "tests":
+                    tests += 1
+                    full += bool(result.get("full_suite"))
+    return SuiteRuns(tests, full)
 
 
 async def histories(client: Client, summary: RunState, *, tasks: bool = True) -> list[list[HistoryEvent]]:
@@ -81,6 +130,7 @@ CATEGORIES = {
     "write_acceptance_tests": "model",
 }
 """Activity -> category; everything else is git and tools."""
+GATE_ACTIVITIES = ("run_gates", "measure_base")
 
 
 def by_category(spans: list[Span]) -> dict[str, float]:
@@ -89,6 +139,28 @@ def by_category(spans: list[Span]) -> dict[str, float]:
     for span in spans:
         totals[CATEGORIES.get(span.name, "git+tools")] += span.duration_s
     return dict(totals)
+
+
+def union_s(intervals: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by at least one interval."""
+    total = 0.0
+    end = float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def wall_shares(spans: list[Span], start: float, end: float) -> dict[str, float]:
+    """Splits [start, end] by what was running: a gate activity (`run_gates`, `measure_base`), else a model call
+    (the model activities), else neither. Values are seconds and add up to end - start."""
+    window = [(max(s.running_from_s, start), min(s.closed_s, end)) for s in spans]
+    gates = [w for w, s in zip(window, spans, strict=True) if s.name in GATE_ACTIVITIES and w[1] > w[0]]
+    model = [w for w, s in zip(window, spans, strict=True) if CATEGORIES.get(s.name) == "model" and w[1] > w[0]]
+    gates_s = union_s(gates)
+    either_s = union_s(gates + model)
+    return {"gates": gates_s, "model only": either_s - gates_s, "model": union_s(model), "rest": end - start - either_s}
 
 
 def gate_seconds(summary: RunState) -> dict[str, float]:

@@ -1,29 +1,25 @@
 """Figure 1, overhead: a factory run with a zero-latency scripted model against a plain script doing the same
 git, edit, lint and test work directly, on the same N tasks, one after another.
 
-The plain script is what a careful person would run by hand for each task: a worktree on a new branch from
-the integration head, write the two files, ruff on them, the repository's pytest in the target environment
-the factory uses (not sandboxed), commit, squash-merge into the integration branch; at the end ruff and
-pytest on the integration branch and a fast-forward of `main` (the factory's final verification and ship).
+The plain script (`plain.py`) is what a careful person would run by hand for each task: a worktree on a new
+branch from the integration head, write the two files, ruff on them, the repository's pytest in the target
+environment the factory uses (not sandboxed), commit, squash-merge into the integration branch; at the end ruff
+and pytest on the integration branch and a fast-forward of `main` (the factory's final verification and ship).
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
-import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Bench, git, progress, require_success, run_request, task_files, task_id, timed, write_transcript
+from harness import Bench, progress, require_success, run_request, task_files, timed, write_transcript
 from history import by_category, gate_seconds, run_spans
+from plain import plain_script
 
 from darkfactory.contracts import Timeouts
-from darkfactory.gates import DEFAULT_TEST_COMMAND
-from darkfactory.gates.lint import ruff_binary
-from darkfactory.target_env import TargetEnv, setup_environment
+from darkfactory.target_env import TargetEnv
 
 TIMEOUTS = Timeouts(heartbeat_s=10.0, model_call_s=60.0, tools_s=120.0, gates_s=600.0, git_s=60.0)
 
@@ -104,43 +100,5 @@ async def _factory(bench: Bench, queue: str, tasks: int, name: str) -> tuple[flo
 
 
 def _plain(repo: Path, tasks: int, env: TargetEnv, scratch: Path) -> dict[str, float]:
-    """The same work, done directly; returns seconds per kind of step."""
-    parts: dict[str, float] = defaultdict(float)
-
-    def step(kind: str, argv: list[str], cwd: Path, *, environ: dict[str, str] | None = None) -> None:
-        started = time.perf_counter()
-        result = subprocess.run(argv, cwd=cwd, env=environ, capture_output=True, text=True)
-        parts[kind] += time.perf_counter() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"plain script: {' '.join(argv)} failed in {cwd}:\n{result.stdout}{result.stderr}")
-
-    def git_step(cwd: Path, *args: str) -> None:
-        started = time.perf_counter()
-        git(cwd, *args)
-        parts["git"] += time.perf_counter() - started
-
-    ruff = str(ruff_binary())
-    test_env = setup_environment(env.bin_dir)
-    test = [str(env.python), *DEFAULT_TEST_COMMAND[1:]]
-    integration = "plain/integration"
-    integration_tree = scratch / "integration"
-    git_step(repo, "worktree", "add", "-q", "-b", integration, str(integration_tree), "main")
-    for index in range(tasks):
-        tree = scratch / task_id(index)
-        git_step(repo, "worktree", "add", "-q", "-b", f"plain/{task_id(index)}", str(tree), integration)
-        started = time.perf_counter()
-        for path, text in task_files(index).items():
-            (tree / path).write_text(text)
-        parts["edit"] += time.perf_counter() - started
-        step("lint", [ruff, "check", "--no-cache", "--", *task_files(index)], tree)
-        step("tests", test, tree, environ=test_env)
-        git_step(tree, "add", "-A")
-        git_step(tree, "commit", "-q", "-m", f"Add textkit.m_{index:02d}")
-        git_step(integration_tree, "merge", "--squash", "-q", f"plain/{task_id(index)}")
-        git_step(integration_tree, "commit", "-q", "-m", f"{task_id(index)}: Add textkit.m_{index:02d}")
-        git_step(repo, "worktree", "remove", "--force", str(tree))
-    step("lint", [ruff, "check", "--no-cache", "."], integration_tree)
-    step("tests", test, integration_tree, environ=test_env)
-    git_step(repo, "merge", "--ff-only", "-q", integration)
-    git_step(repo, "worktree", "remove", "--force", str(integration_tree))
-    return dict(parts)
+    """The same work, done directly (`plain.py`); returns seconds per kind of step."""
+    return plain_script(repo, [task_files(i) for i in range(tasks)], env, scratch).parts

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from harness import CALLS_PER_TASK, Bench, progress, require_success, run_request, timed, write_transcript
-from history import run_spans, workflow_task_timeouts
+from history import histories, run_spans, suite_runs, workflow_task_timeouts
 
 from darkfactory.contracts import Timeouts
 from darkfactory.testing.fake_messages_api import FakeMessagesServer, RecordedRequest, ScriptResponder
@@ -44,6 +44,14 @@ class ParallelResult:
     """The merge queue's integration-suite runs, summed (these do not overlap)."""
     sticky_timeouts: int = 0
     """Workflow tasks whose sticky queue timed out with the worker alive (busy): each replayed the history."""
+    tests_runs: int = 0
+    """Tests-gate results among the run's `run_gates` completions (tasks, merge queue, final verification)."""
+    full_suite_runs: int = 0
+    """Those with `full_suite: true`: the repository's whole suite ran."""
+
+    @property
+    def full_suite_per_task(self) -> float:
+        return self.full_suite_runs / self.tasks
 
     @property
     def ideal_s(self) -> float:
@@ -89,6 +97,7 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
     # The run's own history holds the merge queue's regression runs and the final verification.
     regressions = [s for s in await run_spans(bench.client, summary, tasks=False) if s.name == "run_gates"]
     regressions.remove(verify)
+    suites = suite_runs(await histories(bench.client, summary))
     return ParallelResult(
         tasks=tasks,
         max_parallel=max_parallel,
@@ -102,6 +111,8 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
         gates_s=sum(s.duration_s for s in gates),
         regression_s=sum(s.duration_s for s in regressions),
         sticky_timeouts=await workflow_task_timeouts(bench.client, summary),
+        tests_runs=suites.tests,
+        full_suite_runs=suites.full_suite,
     )
 
 

@@ -1,8 +1,10 @@
-"""The darkfactory benchmarks: `python bench/run.py [--quick] [--seed N]`.
+"""The darkfactory benchmarks: `python bench/run.py [--quick] [--seed N]`, or `--realistic` for figure 5.
 
 One Temporal dev server and one fresh factory home for everything; four figures measured in the same run
 (overhead, parallel efficiency, throughput, crash cost), printed as a markdown table with the settings used
-and written to bench/results.md. Progress goes to stderr. See bench/README.md for what each figure means.
+and written to bench/results.md. `--realistic` measures figure 5 alone (`realistic.py`: tasks on a real PyPI
+package with seeded model latencies) and writes its section of bench/results.md; each kind of run keeps the
+other's section. Progress goes to stderr. See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pathlib import Path
 import crash
 import overhead
 import parallel
+import realistic
 from harness import Bench, progress
 
 from darkfactory.sandbox import sandbox_tier
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
+REALISTIC_HEADING = "## Realistic benchmark"
 
 
 @dataclass(frozen=True)
@@ -68,14 +72,22 @@ QUICK = Settings(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke version with small settings")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the crash benchmark's kill points")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the crash kill points / realistic delays")
+    parser.add_argument(
+        "--realistic", action="store_true", help="figure 5 alone: tasks on a real PyPI package, seeded model latency"
+    )
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    real = realistic.QUICK if args.quick else realistic.FULL
     if args.seed is not None:
         settings = Settings(**{**settings.__dict__, "seed": args.seed})
+        real = realistic.RealisticSettings(**{**real.__dict__, "seed": args.seed})
     interrupted = threading.Event()
     try:
-        report = asyncio.run(run(settings, quick=args.quick, interrupted=interrupted))
+        if args.realistic:
+            report = asyncio.run(run_realistic(real, quick=args.quick, interrupted=interrupted))
+        else:
+            report = asyncio.run(run(settings, quick=args.quick, interrupted=interrupted))
     except BaseException:
         # Ctrl-C also reaches the dev server (same process group), so what surfaces may be a broken RPC.
         if interrupted.is_set():
@@ -83,14 +95,21 @@ def main() -> int:
             return 130
         raise
     print(report)
-    RESULTS.write_text(report + "\n")
+    write_results(report, realistic=args.realistic)
     progress(f"written to {RESULTS}")
     return 0
 
 
-async def run(settings: Settings, *, quick: bool, interrupted: threading.Event) -> str:
-    started = time.monotonic()
-    load = os.getloadavg()[0]  # other work on the machine is the main source of noise
+def write_results(report: str, *, realistic: bool) -> None:
+    """The four figures first, then the realistic run's section; a run replaces its own part only."""
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    figures, heading, old_realistic = old.partition(REALISTIC_HEADING)
+    kept = (heading + old_realistic).strip() if not realistic else figures.strip()
+    parts = [kept, report] if realistic else [report, kept]
+    RESULTS.write_text("\n\n".join(part for part in parts if part) + "\n")
+
+
+def _on_interrupt(interrupted: threading.Event) -> None:
     main_task = asyncio.current_task()
 
     def interrupt() -> None:
@@ -99,6 +118,22 @@ async def run(settings: Settings, *, quick: bool, interrupted: threading.Event) 
             main_task.cancel()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
+
+
+async def run_realistic(settings: realistic.RealisticSettings, *, quick: bool, interrupted: threading.Event) -> str:
+    load = os.getloadavg()[0]
+    _on_interrupt(interrupted)
+    async with Bench() as bench:
+        tier = sandbox_tier()
+        progress(f"sandbox tier: {tier}")
+        result = await realistic.measure(bench, settings)
+    return realistic.render(result, quick=quick, tier=tier, load=load, date=time.strftime("%Y-%m-%d"))
+
+
+async def run(settings: Settings, *, quick: bool, interrupted: threading.Event) -> str:
+    started = time.monotonic()
+    load = os.getloadavg()[0]  # other work on the machine is the main source of noise
+    _on_interrupt(interrupted)
     async with Bench() as bench:
         tier = sandbox_tier()
         progress(f"sandbox tier: {tier}")
@@ -137,6 +172,9 @@ def render(
         f"call {par.delay_s:.1f} s over the real SDK |",
         f"| 3. Throughput | **{par.per_hour:.0f} merged tasks/hour** | | the same run: {par.tasks} / "
         f"{par.measured_s:.1f} s x 3600 |",
+        f"| full-suite runs per merged task | **{par.full_suite_per_task:.2f}** | | the same run: "
+        f"{par.full_suite_runs} `run_gates` tests results with `full_suite: true` / {par.tasks} merged tasks "
+        f"({par.tests_runs} tests results in all) |",
         f"| 4. Crash cost | **{crashed.per_kill:.2f} repeated model calls per kill** ({crashed.repeated} over "
         f"{crashed.kills} SIGKILLs) | <= 1 | {crashed.tasks} sequential tasks, worker SIGKILLed at seeded random "
         "model-request counts, new worker started |",
