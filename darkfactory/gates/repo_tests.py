@@ -36,6 +36,7 @@ from darkfactory.gates.verdicts import (
     no_witness_feedback,
     vanished,
 )
+from darkfactory.policy import WHOLE_SUITE_IN_TASK_S
 from darkfactory.workspace import GitRun
 
 AFFECTED_FIRST_MIN_S = 10.0
@@ -94,11 +95,7 @@ class _PytestGate:
         baseline = self.ctx.baseline
         # A task runs the tests its change affects; the merge queue runs the whole suite once per batch, on the
         # very tree that becomes the integration head (`[merge_queue] full_suite_in_tasks` runs it here too).
-        # Under `strict_base` every failing test counts, also those no change affects: only the whole suite says.
-        policy = self.ctx.policy
-        affected_only = self.ctx.purpose == "task" and not (
-            policy.merge_queue.full_suite_in_tasks or policy.tests.strict_base
-        )
+        affected_only = self._affected_only()
         # Otherwise the affected tests first only pays where the whole suite is slow: pytest's start-up is then
         # most of either run, and a second run is pure cost.
         quick = baseline is not None and baseline.per_test and baseline.duration_s < AFFECTED_FIRST_MIN_S
@@ -115,6 +112,18 @@ class _PytestGate:
                 return self.verdict(early, only_files=set(first))
         self.full_ran = True
         return self.verdict(self.pytest(self.tree, self.ctx.test_command, "full"))
+
+    def _affected_only(self) -> bool:
+        """Whether a task runs only the tests its change affects (`[merge_queue] full_suite_in_tasks`)."""
+        policy = self.ctx.policy
+        baseline = self.ctx.baseline
+        # Under `strict_base` every failing test counts, also those no change affects: only the whole suite says.
+        if self.ctx.purpose != "task" or policy.tests.strict_base:
+            return False
+        if policy.merge_queue.full_suite_in_tasks is not None:
+            return not policy.merge_queue.full_suite_in_tasks
+        # Unmeasured, nothing tells which tests a change affects but the import graph: the whole suite runs.
+        return baseline is not None and baseline.per_test and baseline.duration_s >= WHOLE_SUITE_IN_TASK_S
 
     def verdict(self, run: PytestRun, only_files: set[str] | None = None) -> GateResult:
         """The result of the run that decides (the whole suite, or a task's affected tests)."""
