@@ -205,7 +205,8 @@ class FactoryRunWorkflow:
             timeouts.gates_s,
             heartbeat_s=max(timeouts.heartbeat_s, 30.0),
         )
-        self._book.update(final_gates=[*kept, *report.results])
+        order = integration_gates(prepared.policy)
+        self._book.update(final_gates=sorted([*kept, *report.results], key=lambda g: order.index(g.gate)))
         if not report.passed:
             metrics.record_gate_failures(workflow.metric_meter(), report.results, "integration")
             raise RunFailed("the integration branch failed its gates after merging: " + failing_gates(report))
