@@ -95,7 +95,7 @@ class _PytestGate:
         baseline = self.ctx.baseline
         # A task runs the tests its change affects; the merge queue runs the whole suite once per batch, on the
         # very tree that becomes the integration head (`[merge_queue] full_suite_in_tasks` runs it here too).
-        affected_only = self._affected_only()
+        affected_only = _affected_only(self.ctx)
         # Otherwise the affected tests first only pays where the whole suite is slow: pytest's start-up is then
         # most of either run, and a second run is pure cost.
         quick = baseline is not None and baseline.per_test and baseline.duration_s < AFFECTED_FIRST_MIN_S
@@ -112,18 +112,6 @@ class _PytestGate:
                 return self.verdict(early, only_files=set(first))
         self.full_ran = True
         return self.verdict(self.pytest(self.tree, self.ctx.test_command, "full"))
-
-    def _affected_only(self) -> bool:
-        """Whether a task runs only the tests its change affects (`[merge_queue] full_suite_in_tasks`)."""
-        policy = self.ctx.policy
-        baseline = self.ctx.baseline
-        # Under `strict_base` every failing test counts, also those no change affects: only the whole suite says.
-        if self.ctx.purpose != "task" or policy.tests.strict_base:
-            return False
-        if policy.merge_queue.full_suite_in_tasks is not None:
-            return not policy.merge_queue.full_suite_in_tasks
-        # Unmeasured, nothing tells which tests a change affects but the import graph: the whole suite runs.
-        return baseline is not None and baseline.per_test and baseline.duration_s >= WHOLE_SUITE_IN_TASK_S
 
     def verdict(self, run: PytestRun, only_files: set[str] | None = None) -> GateResult:
         """The result of the run that decides (the whole suite, or a task's affected tests)."""
@@ -237,7 +225,7 @@ class _PytestGate:
                 counted.append(Counted(case, False, "the base's tests were not measured, so every failure counts"))
             elif not baseline.failed(original):
                 new = self.judged is not None and case.file in self.judged.new_tests
-                if self._may_be_inherited(original):
+                if _may_be_inherited(self.ctx, self.affected, original):
                     inherited.append(case)
                 else:
                     counted.append(Counted(case, False, "a new or changed test" if new else "passed on the base"))
@@ -248,36 +236,7 @@ class _PytestGate:
             else:
                 unaffected.append(case)
         counted.extend(self._pre_existing(unaffected))
-        counted.extend(self._inherited(inherited))
-        return counted
-
-    def _may_be_inherited(self, original: str) -> bool:
-        """A merge check's failure of a test that passed on the run's base, that the merged changes do not affect:
-        it may fail on the head they land on already (where a person approved a change past a failing gate)."""
-        baseline = self.ctx.baseline
-        return (
-            self.ctx.purpose == "regression"
-            and baseline is not None
-            and baseline.base_sha != self.ctx.base_sha
-            and not self.affected.covers(original)
-        )
-
-    def _inherited(self, cases: list[JUnitCase]) -> list[Counted]:
-        """Of those, the ones failing on the head too are not the merged changes' doing; the others count."""
-        if not cases:
-            return []
-        failing_there = self._fails_on_base([self._original(case.nodeid) for case in cases], "head-check")
-        counted: list[Counted] = []
-        for case in cases:
-            if self._original(case.nodeid) in failing_there:
-                self.ledger.pre_existing[case.nodeid] = case
-            else:
-                counted.append(Counted(case, False, "passed on the base and on the head this change lands on"))
-        if failing_there:
-            self.ledger.notes.append(
-                f"{len(failing_there)} test(s) fail on the head these changes land on too (a change approved past a "
-                "failing gate): not counted against them"
-            )
+        counted.extend(_inherited(self, inherited))
         return counted
 
     def _pre_existing(self, unaffected: list[JUnitCase]) -> list[Counted]:
@@ -389,6 +348,50 @@ class _PytestGate:
             exact_tree=passed and self.full_ran and (self.judged is None or self.judged.sha == self.ctx.sha),
             full_suite=self.full_ran,
         )
+
+
+def _affected_only(ctx: GateContext) -> bool:
+    """Whether a task runs only the tests its change affects (`[merge_queue] full_suite_in_tasks`)."""
+    policy = ctx.policy
+    baseline = ctx.baseline
+    # Under `strict_base` every failing test counts, also those no change affects: only the whole suite says.
+    if ctx.purpose != "task" or policy.tests.strict_base:
+        return False
+    if policy.merge_queue.full_suite_in_tasks is not None:
+        return not policy.merge_queue.full_suite_in_tasks
+    # Unmeasured, nothing tells which tests a change affects but the import graph: the whole suite runs.
+    return baseline is not None and baseline.per_test and baseline.duration_s >= WHOLE_SUITE_IN_TASK_S
+
+
+def _may_be_inherited(ctx: GateContext, affected: Affected, original: str) -> bool:
+    """A merge check's failure of a test that passed on the run's base, that the merged changes do not affect:
+    it may fail on the head they land on already (where a person approved a change past a failing gate)."""
+    baseline = ctx.baseline
+    return (
+        ctx.purpose == "regression"
+        and baseline is not None
+        and baseline.base_sha != ctx.base_sha
+        and not affected.covers(original)
+    )
+
+
+def _inherited(gate: _PytestGate, cases: list[JUnitCase]) -> list[Counted]:
+    """Of those, the ones failing on the head too are not the merged changes' doing; the others count."""
+    if not cases:
+        return []
+    failing_there = gate._fails_on_base([gate._original(case.nodeid) for case in cases], "head-check")
+    counted: list[Counted] = []
+    for case in cases:
+        if gate._original(case.nodeid) in failing_there:
+            gate.ledger.pre_existing[case.nodeid] = case
+        else:
+            counted.append(Counted(case, False, "passed on the base and on the head this change lands on"))
+    if failing_there:
+        gate.ledger.notes.append(
+            f"{len(failing_there)} test(s) fail on the head these changes land on too (a change approved past a "
+            "failing gate): not counted against them"
+        )
+    return counted
 
 
 def tests_gate(ctx: GateContext) -> GateResult:
