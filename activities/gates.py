@@ -36,7 +36,7 @@ from darkfactory.gates import DEFAULT_TEST_COMMAND, GATES, GateContext, run_gate
 from darkfactory.gates.acceptance import bite_on_base
 from darkfactory.gates.baseline import measure_base
 from darkfactory.gates.baseline_data import Baseline
-from darkfactory.policy import Policy
+from darkfactory.policy import GateName, Policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
@@ -144,10 +144,30 @@ class GateActivities:
 
     @activity.defn
     def run_gates(self, input: RunGatesInput) -> GateReport:
+        policy = input.policy
+        if not input.types_base_sha or input.types_base_sha == input.base_sha or "types" not in policy.gates:
+            return self._run_gates(input)
+        # The types gate is judged against the older base, once every other gate passed against the nearer one.
+        others = self._run_gates(
+            input.model_copy(update={"policy": _only(policy, [g for g in policy.gates if g != "types"])})
+        )
+        if not others.passed:
+            return others
+        types = self._run_gates(
+            input.model_copy(update={"base_sha": input.types_base_sha, "policy": _only(policy, ["types"])}),
+            base_name="runbase",
+        )
+        order = {gate: at for at, gate in enumerate(policy.gates)}
+        results = sorted([*others.results, *types.results], key=lambda result: order.get(result.gate, len(order)))
+        return GateReport(sha=input.sha, results=results)
+
+    def _run_gates(self, input: RunGatesInput, base_name: str = "base") -> GateReport:
         tick = heartbeat_ticker()
         root = self._settings.worktrees_dir / input.run_id
         worktree = workspace.ensure_worktree(input.repo_path, root / input.task_id, input.sha)
-        base_worktree = workspace.ensure_worktree(input.repo_path, root / f"{input.task_id}.base", input.base_sha)
+        base_worktree = workspace.ensure_worktree(
+            input.repo_path, root / f"{input.task_id}.{base_name}", input.base_sha
+        )
         changed = workspace.changed_paths(input.repo_path, input.base_sha, input.sha)
         policy = input.policy
         setup, test_command = _commands(input.config, policy)
@@ -246,3 +266,7 @@ class GateActivities:
         for name, source in files.items():
             (directory / Path(name).name).write_text(source)
         return directory
+
+
+def _only(policy: Policy, gates: list[GateName]) -> Policy:
+    return policy.model_copy(update={"gates": gates})

@@ -2,7 +2,8 @@
 
 - `factory_run.py`  FactoryRunWorkflow: prepare -> plan -> tasks -> merge -> verify -> ship -> summary
 - `task.py`         TaskWorkflow: workspace -> durable agent loop -> gates -> retry with feedback -> escalate
-- `merge_queue.py`  MergeQueue: one merge at a time into the integration branch, regression-checked
+- `merge_queue.py`  MergeQueue: ready tasks merge into the integration branch in batches, checked once each
+- `merge_batch.py`  MergeBatch: one batch merged, checked (stacked on the one in flight), bisected when red
 - `shipping.py`     Shipping: ship the verified head, post-ship check, rollback, wait for a person
 - `run_book.py`     RunBook: the run's state and the search attributes that mirror it; RunFailed
 - `held_out.py`     held-out acceptance tests checked on the task's base (rewritten or dropped when they do not bite)

@@ -1,10 +1,14 @@
-"""The merge queue: tasks whose gates passed reach the integration branch in batches, one batch at a time.
+"""The merge queue: tasks whose gates passed reach the integration branch in batches, in order.
 
-A ready task joins the queue as a ticket. When no batch is running, the first ticket's task leads the next
-one: it waits a little for more (`[merge_queue] wait_s`, only while other tasks are still working), takes up
-to `batch` tickets and runs them as a `MergeBatch` (merge in order, the integration gates once, bisection when
+A ready task joins the queue as a ticket. When a batch may start, the first ticket's task leads the next one:
+it waits a little for more (`[merge_queue] wait_s`, only while other tasks are still working), takes up to
+`batch` tickets and runs them as a `MergeBatch` (merge in order, the integration gates once, bisection when
 red). Each task then hears its own outcome: merged, or the problem for its next round (a conflict, a change
 that broke the integration gates in combination with work merged before it).
+
+A batch may start while the one before it is still being checked (`patched("speculative-batches")`): it is
+stacked on that batch's commits and checked at the same time, and it counts only if the batch below keeps
+every merge (see `MergeBatch.stackable`). Two checks run at once at most, and batches end in order.
 
 Nothing becomes the queue's head without the integration gates, the whole suite among them, passing on that
 very tree, judged against the head before it; so the queue's head is `verified` (see `Verified.whole_run` for
@@ -57,10 +61,11 @@ class Verified:
     """Where they passed, for the summary: a task's gates, or one of the merge queue's checks."""
     gates: list[GateResult]
     whole_run: bool = True
-    """Judged against the run's base. Otherwise against the head before the last batch, with every earlier batch
-    checked the same way back to the base: that implies the verdict on the whole run for the gates that look at
-    each file or line on its own (secrets, syntax, lint) and for the suite, not for mypy, which follows imports
-    across files (a later change can break a file an earlier one changed)."""
+    """Judged against the run's base, or the types gate was (`MergeBatch._types_from_run_base`). Otherwise against
+    the head before the last batch, with every earlier batch checked the same way back to the base: that implies
+    the verdict on the whole run for the gates that look at each file or line on its own (secrets, syntax, lint)
+    and for the suite, not for mypy, which follows imports across files (a later change can break a file an
+    earlier one changed)."""
 
 
 def passed_everything_there(policy: Policy, gates: list[GateResult]) -> list[GateResult] | None:
@@ -88,6 +93,8 @@ class MergeQueue:
         """How many tasks are still working towards the queue: a batch waits for them only while there are."""
         self._waiting: list[Ticket] = []
         self._leading = False
+        self._flights: list[MergeBatch] = []
+        """Batches started and not yet ended, oldest first; a second one is stacked on the first."""
         self._batches = 0
         self._broken: BaseException | None = None
         self._chain_intact = True
@@ -159,10 +166,23 @@ class MergeQueue:
         return ticket.problem
 
     def _leads(self, ticket: Ticket) -> bool:
-        return not self._leading and bool(self._waiting) and self._waiting[0] is ticket
+        return not self._leading and bool(self._waiting) and self._waiting[0] is ticket and self._may_start()
+
+    def _may_start(self) -> bool:
+        """No batch in flight, or one whose check is out and that a next batch may be stacked on (not one holding
+        a change approved past a failure, nor for one: those go alone)."""
+        if not self._flights:
+            return True
+        return (
+            len(self._flights) == 1
+            and self._flights[0].stackable
+            and bool(self._waiting)
+            and not self._waiting[0].approved_past_a_failure
+        )
 
     async def _lead(self, request: RunRequest, prepared: PreparedRun) -> None:
-        """Take the next batch from the front of the queue and run it to its end."""
+        """Take the next batch from the front of the queue and start it; stay with it to its end unless a next
+        batch may be stacked on it (then only until its merges are done)."""
         self._leading = True
         try:
             rules = prepared.policy.merge_queue
@@ -173,6 +193,8 @@ class MergeQueue:
                         lambda: len(self._waiting) >= rules.batch or self.working() == 0,
                         timeout=timedelta(seconds=rules.wait_s),
                     )
+            while not self._may_start():  # the batch below went red meanwhile: wait for it to end
+                await workflow.wait_condition(self._may_start)
             if self._waiting[0].approved_past_a_failure:
                 tickets = self._waiting[:1]  # alone: the queue's check would only repeat the failure approved
             else:
@@ -181,24 +203,44 @@ class MergeQueue:
             for ticket in tickets:
                 ticket.started = True
             self._batches += 1
-            batch = MergeBatch(self._run_activity, request, prepared, self._batches)
-            job = asyncio.ensure_future(self._batch(batch, tickets))
+            below = self._flights[-1] if self._flights else None
+            batch = MergeBatch(self._run_activity, request, prepared, self._batches, below)
+            if below is not None:
+                below.above = batch
+            self._flights.append(batch)
+            job = asyncio.ensure_future(self._fly(batch, tickets, prepared.base_sha))
             try:
-                checked = await asyncio.shield(job)
+                await workflow.wait_condition(lambda: batch.merged or job.done())
+                if not job.done() and workflow.patched("speculative-batches"):
+                    return  # the batch goes on by itself; the next one may be stacked on it
+                error = await asyncio.shield(job)
             except asyncio.CancelledError:
-                self._moved(await job, prepared.base_sha)  # a started batch always finishes
+                await job  # a started batch always finishes
                 raise
-            self._moved(checked, prepared.base_sha)
+            if error is not None:
+                raise error
         finally:
             self._leading = False
 
-    async def _batch(self, batch: MergeBatch, tickets: list[Ticket]) -> Checked:
-        """The batch's outcome; when the merge itself could not be done, every task of the queue hears it."""
+    async def _fly(self, batch: MergeBatch, tickets: list[Ticket], base_sha: str) -> BaseException | None:
+        """Run a batch to its end and move the head; when the merge itself could not be done, every task of the
+        queue hears it (returned too, for the leader that waits for it)."""
         try:
-            return await batch.run(self.head, tickets)
+            checked = await batch.run(batch.below.tip if batch.below is not None else self.head, tickets)
         except Exception as exc:
+            batch.failed = True
             self._broken = exc
-            raise
+            return exc
+        finally:
+            self._flights.remove(batch)
+        if checked.discarded:
+            # After the tasks the batch below put back: they were ahead of these in the queue.
+            earlier = batch.below.outcome.requeue if batch.below is not None and batch.below.outcome else []
+            at = max((self._waiting.index(t) + 1 for t in earlier if t in self._waiting), default=0)
+            self._waiting[at:at] = checked.requeue
+        else:
+            self._moved(checked, base_sha)
+        return None
 
     def _moved(self, checked: Checked, base_sha: str) -> None:
         if checked.approved:
@@ -206,7 +248,8 @@ class MergeQueue:
             self.verified = None
         elif checked.gates is not None and self._chain_intact:
             # Each check judged what its batch added to the head before it, back to the run's base.
-            self.verified = Verified(checked.head, checked.where, checked.gates, whole_run=self.head == base_sha)
+            whole_run = self.head == base_sha or checked.types_whole_run
+            self.verified = Verified(checked.head, checked.where, checked.gates, whole_run=whole_run)
         self.head = checked.head
         # Tasks after a culprit go first in the next batch: they waited longest.
         self._waiting[:0] = checked.requeue

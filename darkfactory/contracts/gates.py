@@ -95,6 +95,10 @@ class GateResult(Frozen):
     could not be measured. An escalation of such a change is rejected at its deadline, whatever the policy says."""
 
 
+TYPES_NOT_CONFIGURED = "mypy not configured"
+"""The types gate's summary on a tree whose configuration has no mypy: the same whatever the base."""
+
+
 class GateReport(Frozen):
     """The gates run on one commit, cheapest first, stopping at the first failure."""
 
@@ -129,6 +133,9 @@ class RunGatesInput(Frozen):
     base_sha: str
     """The commit the change is measured against (which files it touched)."""
     config: RunConfig
+    types_base_sha: str = ""
+    """When set, the types gate alone is judged against this older commit (the run's base, in the merge queue's
+    checks): mypy follows imports across files, so a change can break the types of a file changed before it."""
     policy: Policy = Field(default_factory=Policy)
     task_type: TaskType = "feature"
     acceptance_ref: BlobRef | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from darkfactory.contracts import GateResult
+from darkfactory.contracts.gates import TYPES_NOT_CONFIGURED
 from darkfactory.gates.base_findings import BaseSide, base_side
 from darkfactory.gates.common import (
     MAX_ITEMS,
@@ -176,7 +177,7 @@ def types_gate(ctx: GateContext) -> GateResult:
     """mypy on the changed files when the target configures mypy; only new errors fail."""
     configured = mypy_configured(ctx.worktree) or (ctx.base_worktree is not None and mypy_configured(ctx.base_worktree))
     if not configured:
-        return GateResult(gate="types", passed=True, summary="mypy not configured")
+        return GateResult(gate="types", passed=True, summary=TYPES_NOT_CONFIGURED)
     files = python_files(ctx, (".py", ".pyi"))
     if not files:
         return GateResult(gate="types", passed=True, summary="no changed Python files")
