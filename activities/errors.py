@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from darkfactory.llm import ModelCallError
+from darkfactory.model_seam import ModelCallError
 from darkfactory.shipping import GitHubError
 
 INVALID_TARGET = "InvalidTarget"

@@ -20,7 +20,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from darkfactory.contracts import GateResult, Usage
-from darkfactory.llm import SCRIPTED_PREFIX
+from darkfactory.model_seam import SCRIPTED_PREFIX
 
 METRICS_BIND_ENV = "DARKFACTORY_METRICS_BIND"
 """`HOST:PORT` (or a port alone, on loopback) where `factory-worker` serves `/metrics`."""

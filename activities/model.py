@@ -42,7 +42,7 @@ from darkfactory.contracts import (
     ReviewResult,
     ReviewVerdict,
 )
-from darkfactory.llm import SCRIPTED_PREFIX, ModelCallError, ModelClient
+from darkfactory.model_seam import SCRIPTED_PREFIX, ModelCallError, ModelClient
 from darkfactory.plan import PlanError, validate_plan
 from darkfactory.pricing import PriceTable, load_prices, priced_usage
 from darkfactory.repo_context import read_snapshot

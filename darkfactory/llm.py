@@ -20,21 +20,36 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anthropic
 from anthropic.types import Message
 
 from darkfactory.contracts import CallContext, ModelRequest, ModelResponse, Usage
-from darkfactory.errors import ServiceCallError
+from darkfactory.model_seam import (
+    ACCEPTANCE_TOOL_NAME,
+    PLAN_ATTEMPT_LINE,
+    PLAN_TOOL_NAME,
+    REVIEW_TOOL_NAME,
+    SCRIPTED_PREFIX,
+    TASK_LINE,
+    ModelCallError,
+    ModelClient,
+)
 from darkfactory.pricing import PRICES_USD_PER_MTOK, Price, estimate_cost_usd
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = [
+    "ACCEPTANCE_TOOL_NAME",
     "MAX_CACHE_BREAKPOINTS",
+    "PLAN_ATTEMPT_LINE",
+    "PLAN_TOOL_NAME",
     "PRICES_USD_PER_MTOK",
+    "REVIEW_TOOL_NAME",
+    "SCRIPTED_PREFIX",
+    "TASK_LINE",
     "AnthropicClient",
     "ModelCallError",
     "ModelClient",
@@ -45,27 +60,8 @@ __all__ = [
     "estimate_cost_usd",
 ]
 
-SCRIPTED_PREFIX = "scripted:"
-PLAN_TOOL_NAME = "submit_plan"
-REVIEW_TOOL_NAME = "submit_review"
-ACCEPTANCE_TOOL_NAME = "submit_tests"
-PLAN_ATTEMPT_LINE = re.compile(r"^Planning attempt (\d+)", re.MULTILINE)
-TASK_LINE = re.compile(r"^Task id: (\S+) · attempt (\d+)", re.MULTILINE)
-"""The first line of every agent prompt; the HTTP fake reads task and attempt from it."""
-
-
-class ModelClient(Protocol):
-    """Anything that answers one Messages API request."""
-
-    async def create(self, request: ModelRequest, context: CallContext) -> ModelResponse: ...
-
-
 # --------------------------------------------------------------------------------------------------
 # Errors
-
-
-class ModelCallError(ServiceCallError):
-    """A model call failed. `retryable` decides whether Temporal tries again; the message is safe to log."""
 
 
 _STATUS_TABLE: dict[int, tuple[str, bool]] = {

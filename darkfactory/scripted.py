@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from darkfactory.contracts import CallContext, ModelRequest, ModelResponse, Usage
-from darkfactory.llm import (
+from darkfactory.model_seam import (
     ACCEPTANCE_TOOL_NAME,
     PLAN_ATTEMPT_LINE,
     PLAN_TOOL_NAME,

@@ -5,7 +5,8 @@ which makes the order deterministic with no sleeping. Waiting is event-driven: t
 long-polled and its memo (what `factory backlog list` reads) checked after each event. The hours window
 is tested on the time-skipping server, where the hours until it opens pass in no time; there the backlog's
 `backlog` query (answered once the worker has handled what came before it) stands in for the long-poll,
-which that server is slow to wake.
+which that server is slow to wake. The items run the cheapest spec that ships (one task, right the first
+time): what the backlog does with a run does not depend on what the run does.
 """
 
 from __future__ import annotations
@@ -29,11 +30,30 @@ from darkfactory.cli.backlog import read_backlog
 from darkfactory.constants import run_workflow_id
 from darkfactory.contracts import backlog_workflow_id
 from darkfactory.workflows import BacklogWorkflow, FactoryRunWorkflow
-from tests.conftest import DEMO, factory_worker, time_skipping_server
+from tests.conftest import DEMO, demo_transcript, factory_worker, time_skipping_server, write_transcript
 from tests.test_escalation import BIN, address
 
 TRANSCRIPT = f"scripted:{DEMO / 'transcript.json'}"
 SPEC = str(DEMO / "spec.md")
+FIRST_TRY_FIX = ("text.lower())\n", 'text.lower()).strip("-")\n')
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The demo's add-slugify task alone, passing on its first attempt (the demo's own run plans two tasks
+    and retries one): the shortest run that plans, edits, passes its gates, is reviewed and ships."""
+    transcript = demo_transcript()
+    plan = transcript["plan"]["content"][0]["input"]
+    plan["tasks"] = [task for task in plan["tasks"] if task["id"] == "add-slugify"]
+    first = transcript["tasks"]["add-slugify"][0]
+    created = first[1]["content"][1]["input"]
+    assert created["path"] == "textkit/slug.py" and FIRST_TRY_FIX[0] in created["file_text"]
+    created["file_text"] = created["file_text"].replace(*FIRST_TRY_FIX)
+    transcript["tasks"] = {"add-slugify": [first]}
+    transcript["acceptance"] = {"add-slugify": transcript["acceptance"]["add-slugify"]}
+    transcript["reviews"] = {"add-slugify": transcript["reviews"]["add-slugify"][1:]}
+    path = write_transcript(tmp_path_factory.mktemp("backlog") / "transcript.json", transcript)
+    return f"scripted:{path}"
 
 
 async def factory(server: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,10 +68,10 @@ async def factory(server: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), process.returncode, stdout.decode(), stderr.decode())
 
 
-async def add(server: str, repo: Path, queue: str, *options: str) -> dict[str, str]:
-    """`factory backlog add` the demo spec; the item's ids."""
+async def add(server: str, repo: Path, queue: str, model: str, *options: str) -> dict[str, str]:
+    """`factory backlog add` the demo spec, played by `model`; the item's ids."""
     added = await factory(
-        server, "backlog", "add", "--repo", str(repo), "--spec", SPEC, "--model", TRANSCRIPT,
+        server, "backlog", "add", "--repo", str(repo), "--spec", SPEC, "--model", model,
         "--task-queue", queue, "--json", *options,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
@@ -109,13 +129,13 @@ async def record_backlog_history(client: Client, repo: Path, name: str) -> None:
 
 
 async def test_queued_specs_start_by_priority_then_in_the_order_they_were_added(
-    client: Client, factory_home: Path, demo_repo: Path
+    client: Client, factory_home: Path, demo_repo: Path, model: str
 ) -> None:
     server, queue = address(client), f"backlog-{uuid.uuid4().hex}"
     # No worker yet: the three adds all wait in the backlog (one backlog: the second and third signal it).
-    last = await add(server, demo_repo, queue, "--priority", "5")
-    first = await add(server, demo_repo, queue, "--priority", "1")
-    second = await add(server, demo_repo, queue, "--priority", "1")
+    last = await add(server, demo_repo, queue, model, "--priority", "5")
+    first = await add(server, demo_repo, queue, model, "--priority", "1")
+    second = await add(server, demo_repo, queue, model, "--priority", "1")
     assert {last["workflow_id"], first["workflow_id"], second["workflow_id"]} == {backlog_workflow_id(str(demo_repo))}
 
     async with factory_worker(client, factory_home, queue):
@@ -136,11 +156,11 @@ async def test_queued_specs_start_by_priority_then_in_the_order_they_were_added(
 
 
 async def test_never_more_runs_at_once_than_the_backlogs_concurrency(
-    client: Client, factory_home: Path, demo_repo: Path
+    client: Client, factory_home: Path, demo_repo: Path, model: str
 ) -> None:
     server, queue = address(client), f"backlog-{uuid.uuid4().hex}"
-    items = [await add(server, demo_repo, queue, "--concurrency", "2")]
-    items += [await add(server, demo_repo, queue) for _ in range(3)]
+    items = [await add(server, demo_repo, queue, model, "--concurrency", "2")]
+    items += [await add(server, demo_repo, queue, model) for _ in range(3)]
 
     async with factory_worker(client, factory_home, queue):
         listing = await until_backlog(client, demo_repo, lambda backlog: len(backlog["done"]) == 4)
@@ -159,11 +179,11 @@ async def test_never_more_runs_at_once_than_the_backlogs_concurrency(
 
 
 async def test_a_removed_item_never_runs_and_removing_an_unknown_one_is_refused(
-    client: Client, factory_home: Path, demo_repo: Path
+    client: Client, factory_home: Path, demo_repo: Path, model: str
 ) -> None:
     server, queue = address(client), f"backlog-{uuid.uuid4().hex}"
     window, _ = shut_window(datetime.now(UTC))
-    dropped = await add(server, demo_repo, queue, "--priority", "1", "--hours", window)
+    dropped = await add(server, demo_repo, queue, model, "--priority", "1", "--hours", window)
 
     async with factory_worker(client, factory_home, queue):
         await until_backlog(client, demo_repo, seen_queued(1))
@@ -180,7 +200,7 @@ async def test_a_removed_item_never_runs_and_removing_an_unknown_one_is_refused(
         assert malformed.returncode == 2 and "'item-1' is not an item id" in malformed.stderr
 
         # Lifting the hours window lets the backlog run what it holds: only the later item (priority 100).
-        later = await add(server, demo_repo, queue, "--hours", "any")
+        later = await add(server, demo_repo, queue, model, "--hours", "any")
         listing = await until_backlog(client, demo_repo, lambda backlog: len(backlog["done"]) == 2)
 
     assert [(item["item_id"], item["outcome"]) for item in listing["done"]] == [
@@ -193,14 +213,14 @@ async def test_a_removed_item_never_runs_and_removing_an_unknown_one_is_refused(
 
 
 async def test_outside_its_hours_the_backlog_waits_durably_and_starts_when_the_window_opens(
-    factory_home: Path, demo_repo: Path
+    factory_home: Path, demo_repo: Path, model: str
 ) -> None:
     queue = f"backlog-{uuid.uuid4().hex}"
     async with time_skipping_server() as env:
         window, opening = shut_window(await env.get_current_time())
         backlog = env.client.get_workflow_handle_for(BacklogWorkflow.run, backlog_workflow_id(str(demo_repo)))
         async with factory_worker(env.client, factory_home, queue):
-            item = await add(address(env.client), demo_repo, queue, "--hours", window)
+            item = await add(address(env.client), demo_repo, queue, model, "--hours", window)
             # The test server's history long-poll is slow to wake; a query is answered once the add is handled.
             waiting = await backlog.query(BacklogWorkflow.backlog)
             assert waiting.waiting_until == opening
@@ -222,16 +242,16 @@ async def test_outside_its_hours_the_backlog_waits_durably_and_starts_when_the_w
 
 
 async def test_list_needs_no_worker_and_shows_the_order_the_items_will_start_in(
-    client: Client, factory_home: Path, demo_repo: Path
+    client: Client, factory_home: Path, demo_repo: Path, model: str
 ) -> None:
     server, queue = address(client), f"backlog-{uuid.uuid4().hex}"
     window, _ = shut_window(datetime.now(UTC))
-    low = await add(server, demo_repo, queue, "--priority", "5", "--hours", window, "--concurrency", "3")
-    high = await add(server, demo_repo, queue, "--priority", "1")
+    low = await add(server, demo_repo, queue, model, "--priority", "5", "--hours", window, "--concurrency", "3")
+    high = await add(server, demo_repo, queue, model, "--priority", "1")
     async with factory_worker(client, factory_home, queue):
         await until_backlog(client, demo_repo, seen_queued(2))
     # The worker is gone: one item the backlog holds in its memo, one added since (only in its history).
-    late = await add(server, demo_repo, queue, "--priority", "1")
+    late = await add(server, demo_repo, queue, model, "--priority", "1")
 
     listed = await factory(server, "backlog", "list", "--repo", str(demo_repo), "--json")
     assert listed.returncode == 0, listed.stderr
