@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from darkfactory.gates import DEFAULT_TEST_COMMAND, GATES, GateContext, run_gate
 from darkfactory.gates.acceptance import bite_on_base
 from darkfactory.gates.baseline import measure_base
 from darkfactory.gates.baseline_data import Baseline
-from darkfactory.policy import GateName, Policy
+from darkfactory.policy import Policy
 from darkfactory.sandbox import worker_secret_values
 from darkfactory.settings import FactorySettings
 from darkfactory.target_env import TargetEnv, TargetEnvError, ensure_target_env
@@ -147,21 +148,27 @@ class GateActivities:
         policy = input.policy
         if not input.types_base_sha or input.types_base_sha == input.base_sha or "types" not in policy.gates:
             return self._run_gates(input)
-        # The types gate is judged against the older base, once every other gate passed against the nearer one.
-        others = self._run_gates(
-            input.model_copy(update={"policy": _only(policy, [g for g in policy.gates if g != "types"])})
-        )
-        if not others.passed:
-            return others
-        types = self._run_gates(
-            input.model_copy(update={"base_sha": input.types_base_sha, "policy": _only(policy, ["types"])}),
-            base_name="runbase",
-        )
-        order = {gate: at for at, gate in enumerate(policy.gates)}
-        results = sorted([*others.results, *types.results], key=lambda result: order.get(result.gate, len(order)))
+        # In policy order, cheapest first, stopping at the first failure; the types gate alone is judged against
+        # the older base. The three parts share the activity's one deadline.
+        at = policy.gates.index("types")
+        parts = [
+            (policy.gates[:at], input.base_sha, "base"),
+            (["types"], input.types_base_sha, "runbase"),
+            (policy.gates[at + 1 :], input.base_sha, "base"),
+        ]
+        started = time.monotonic()
+        results: list[GateResult] = []
+        for gates, base_sha, base_name in parts:
+            if not gates:
+                continue
+            part = input.model_copy(update={"base_sha": base_sha, "policy": policy.model_copy(update={"gates": gates})})
+            report = self._run_gates(part, base_name, spent_s=time.monotonic() - started)
+            results.extend(report.results)
+            if not report.passed:
+                break
         return GateReport(sha=input.sha, results=results)
 
-    def _run_gates(self, input: RunGatesInput, base_name: str = "base") -> GateReport:
+    def _run_gates(self, input: RunGatesInput, base_name: str = "base", spent_s: float = 0.0) -> GateReport:
         tick = heartbeat_ticker()
         root = self._settings.worktrees_dir / input.run_id
         worktree = workspace.ensure_worktree(input.repo_path, root / input.task_id, input.sha)
@@ -188,7 +195,7 @@ class GateActivities:
                     env=env,
                     blobs=self._blobs,
                     test_command=test_command,
-                    timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
+                    timeout_s=max(input.config.timeouts.gates_s - 60.0 - spent_s, 30.0),
                     on_tick=tick,
                     gates=[gate for gate in policy.gates if gate in GATES],
                     repo_path=input.repo_path,
@@ -266,7 +273,3 @@ class GateActivities:
         for name, source in files.items():
             (directory / Path(name).name).write_text(source)
         return directory
-
-
-def _only(policy: Policy, gates: list[GateName]) -> Policy:
-    return policy.model_copy(update={"gates": gates})

@@ -299,3 +299,35 @@ async def test_after_a_change_approved_past_failing_tests_the_next_task_is_not_b
     assert after["gate"] == "tests" and after["passed"] and "pre-existing" in after["summary"]
     assert summary.phase == "failed" and "tests" in (summary.error or "")
     assert git(demo_repo, "rev-parse", "main") == main_before
+
+
+async def test_after_a_change_approved_past_failing_types_the_next_task_is_not_blamed_and_nothing_ships(
+    client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The queue's checks judge mypy from the run's base: once a change approved past a mypy error has merged, that
+    # error is on every later tree. add-after's check must not send it back for it; the final verification stops
+    # the run instead.
+    pyproject = demo_repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.mypy]\nwarn_unused_configs = true\n")
+    bad = tool(EDIT, command="create", path="textkit/typebad.py", file_text='X: int = "not an int"\n')
+    transcript = {
+        "plan": plan(task("add-typebad"), task("add-after", ["add-typebad"])),
+        "tasks": {"add-typebad": [[turn(bad), done()]], "add-after": SHOUT},
+    }
+    with_policy(demo_repo, 'gates = ["scope", "secrets", "syntax", "lint", "types", "tests"]\n')
+    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
+        handle,
+        _server,
+        _held,
+    ):
+        await until_task_state(handle, "add-typebad", {"escalated"})
+        run_id = (await handle.query(FactoryRunWorkflow.status)).run_id
+        typebad = client.get_workflow_handle(task_workflow_id(run_id, "add-typebad"))
+        await typebad.signal("approve", DecisionInput(by="ana", note="known"))
+        summary = await handle.result()
+
+    assert {t.id: (t.state, t.attempts) for t in summary.tasks} == {
+        "add-typebad": ("merged", 1),
+        "add-after": ("merged", 1),
+    }
+    assert summary.phase == "failed" and "types" in (summary.error or "")

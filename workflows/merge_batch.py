@@ -102,11 +102,13 @@ class MergeBatch:
         prepared: PreparedRun,
         number: int,
         below: MergeBatch | None = None,
+        chain_intact: bool = True,
     ) -> None:
         self._run_activity = run_activity
         self._request = request
         self._prepared = prepared
         self._number = number
+        self._chain_intact = chain_intact
         self._head = ""
         """The head the batch lands on, which its checks judge against: what they count is what the batch adds
         (a failure already there and unaffected by the batch is not the batch's)."""
@@ -228,8 +230,10 @@ class MergeBatch:
     def _types_from_run_base(self) -> bool:
         """The checks judge the types gate against the run's base: mypy follows imports across files, so a later
         change can break the types of a file an earlier batch changed, which a check judged from the head would
-        not look at. Every head then holds for the whole run and nothing is left for the final verification."""
-        return workflow.patched("types-against-run-base")
+        not look at. Every head then holds for the whole run and nothing is left for the final verification. Not
+        once a change approved past a failure merged: what was approved would fail every later check (the final
+        verification judges the whole run then)."""
+        return self._chain_intact and workflow.patched("types-against-run-base")
 
     async def _bisect(self, head: str, tip: str, merged: list[tuple[Ticket, str]], failed: GateReport) -> Checked:
         # Invariant: the tree after `good` merges passed (-1: the head), the tree after `bad` merges failed.

@@ -204,7 +204,7 @@ class MergeQueue:
                 ticket.started = True
             self._batches += 1
             below = self._flights[-1] if self._flights else None
-            batch = MergeBatch(self._run_activity, request, prepared, self._batches, below)
+            batch = MergeBatch(self._run_activity, request, prepared, self._batches, below, self._chain_intact)
             if below is not None:
                 below.above = batch
             self._flights.append(batch)
