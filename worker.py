@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -32,7 +34,7 @@ from darkfactory.activities.workspace import WorkspaceActivities
 from darkfactory.blobs import BlobStore
 from darkfactory.cli.session import connect, ensure_search_attributes, exit_cleanly
 from darkfactory.constants import QUEUE_CLASSES, TASK_QUEUE, queue_name
-from darkfactory.llm import SCRIPTED_PREFIX, AnthropicClient, ModelClient, build_model_client
+from darkfactory.model_seam import SCRIPTED_PREFIX, ModelClient
 from darkfactory.settings import Credentials, CredentialsError, FactorySettings, TemporalSettings, load_credentials
 from darkfactory.strict_sandbox import FLAG, INSTALL, DegradedSandbox, worker_runs_degraded
 from darkfactory.telemetry import configure_logging
@@ -54,6 +56,8 @@ class ModelClients:
 
     def __call__(self, model: str) -> ModelClient:
         if model not in self._clients:
+            from darkfactory.llm import AnthropicClient, build_model_client  # loaded ahead by `_warm_model_sdk`
+
             if model.startswith(SCRIPTED_PREFIX) or self._api_key is None:
                 self._clients[model] = build_model_client(model)
             else:
@@ -146,6 +150,7 @@ def build_worker(
             )
         )
     if "model" in serve:
+        _warm_model_sdk()
         workers.append(
             Worker(
                 client,
@@ -170,6 +175,15 @@ def build_worker(
             )
         )
     return FactoryWorkers(workers, clients)
+
+
+def _warm_model_sdk() -> None:
+    """Import the model SDK beside the worker's start instead of before it: it takes seconds (the anthropic
+    package's types), and a worker that replaces a killed one should poll at once. The first model call waits
+    for it only if it is not done by then, and such a call is a retry that waits out a heartbeat timeout anyway."""
+    threading.Thread(
+        target=importlib.import_module, args=("darkfactory.llm",), name="warm-model-sdk", daemon=True
+    ).start()
 
 
 async def run_worker(

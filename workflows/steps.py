@@ -26,11 +26,14 @@ with workflow.unsafe.imports_passed_through():
     from darkfactory.contracts import TaskOutcome
 
 MODEL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
+    initial_interval=timedelta(seconds=0.5),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=2),
-    maximum_attempts=8,
+    maximum_attempts=10,
 )
+"""The first retry comes quickly: most are a worker that died mid-call (found by the heartbeat timeout) or a
+dropped connection. Ten attempts span about four minutes of backoff, as eight from 2 s did, for an overloaded
+API that sends no retry-after (one that does is retried when it says: `next_retry_delay`)."""
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
 )
