@@ -31,6 +31,9 @@ class Span:
     closed_s: float
     started_s: float | None = None
     """When a worker picked it up (its last attempt); before that it waited for a slot."""
+    task_id: str = ""
+    """The `task_id` of its input, when it has one: for the run's `run_gates`, `_merge`/`_merge.1` are the merge
+    queue's checks (`_merge.1`: a batch stacked on one being checked) and `_integration` the final verification."""
 
     @property
     def duration_s(self) -> float:
@@ -46,13 +49,13 @@ def _seconds(event: HistoryEvent) -> float:
 
 
 def activity_spans(events: list[HistoryEvent]) -> list[Span]:
-    scheduled: dict[int, tuple[str, float]] = {}
+    scheduled: dict[int, tuple[str, float, str]] = {}
     started: dict[int, float] = {}
     spans: list[Span] = []
     for event in events:
         if event.HasField("activity_task_scheduled_event_attributes"):
-            name = event.activity_task_scheduled_event_attributes.activity_type.name
-            scheduled[event.event_id] = (name, _seconds(event))
+            attrs = event.activity_task_scheduled_event_attributes
+            scheduled[event.event_id] = (attrs.activity_type.name, _seconds(event), _input_task_id(attrs))
             continue
         if event.HasField("activity_task_started_event_attributes"):
             started[event.activity_task_started_event_attributes.scheduled_event_id] = _seconds(event)
@@ -60,9 +63,19 @@ def activity_spans(events: list[HistoryEvent]) -> list[Span]:
         for field in _CLOSED:
             if event.HasField(field):
                 scheduled_id = getattr(event, field).scheduled_event_id
-                name, at = scheduled[scheduled_id]
-                spans.append(Span(name, at, _seconds(event), started.get(scheduled_id)))
+                name, at, task_id = scheduled[scheduled_id]
+                spans.append(Span(name, at, _seconds(event), started.get(scheduled_id), task_id))
     return spans
+
+
+def _input_task_id(attrs: Any) -> str:
+    if not attrs.input.payloads:
+        return ""
+    try:
+        given = json.loads(attrs.input.payloads[0].data)
+    except ValueError:
+        return ""
+    return str(given.get("task_id", "")) if isinstance(given, dict) else ""
 
 
 def completed_results(events: list[HistoryEvent], activity: str) -> list[Any]:
@@ -98,6 +111,11 @@ def suite_runs(all_events: Iterable[list[HistoryEvent]]) -> SuiteRuns:
                     tests += 1
                     full += bool(result.get("full_suite"))
     return SuiteRuns(tests, full)
+
+
+def stacked_checks(events: list[HistoryEvent]) -> int:
+    """The merge queue's checks of batches stacked on one still being checked (those run in `_merge.1`)."""
+    return sum(span.name == "run_gates" and span.task_id == "_merge.1" for span in activity_spans(events))
 
 
 async def histories(client: Client, summary: RunState, *, tasks: bool = True) -> list[list[HistoryEvent]]:

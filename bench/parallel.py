@@ -37,11 +37,13 @@ class ParallelResult:
     verify_s: float
     """The integration branch's final verification (all gates)."""
     regression_gates: int
-    """Merges that ran the integration suite because other work had merged since the task branched."""
+    """The merge queue's checks of batches (and their bisection steps)."""
     gates_s: float
     """Every gate activity's time, summed (they overlap: two run at once on two cores)."""
     regression_s: float
-    """The merge queue's integration-suite runs, summed (these do not overlap)."""
+    """The merge queue's checks, summed (two overlap at most: a batch stacked on one being checked)."""
+    stacked_checks: int = 0
+    """Of those, the checks of batches stacked on one being checked."""
     sticky_timeouts: int = 0
     """Workflow tasks whose sticky queue timed out with the worker alive (busy): each replayed the history."""
     tests_runs: int = 0
@@ -93,10 +95,11 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
     progress(f"parallel: {wall[0]:.1f}s for {tasks} merged tasks")
     spans = await run_spans(bench.client, summary)
     gates = [s for s in spans if s.name == "run_gates"]
-    verify = max(gates, key=lambda s: s.scheduled_s)
-    # The run's own history holds the merge queue's regression runs and the final verification.
-    regressions = [s for s in await run_spans(bench.client, summary, tasks=False) if s.name == "run_gates"]
-    regressions.remove(verify)
+    # The run's own history holds the merge queue's checks and the final verification (skipped when the queue's
+    # last check already passed on that very tree).
+    run_level = [s for s in await run_spans(bench.client, summary, tasks=False) if s.name == "run_gates"]
+    regressions = [s for s in run_level if s.task_id.startswith("_merge")]
+    verify = [s for s in run_level if s.task_id == "_integration"]
     suites = suite_runs(await histories(bench.client, summary))
     return ParallelResult(
         tasks=tasks,
@@ -106,8 +109,9 @@ async def measure(bench: Bench, tasks: int, max_parallel: int, delay_s: float) -
         calls=len(requests),
         peak_in_flight=_peak(requests, delay_s),
         last_answer_s=max(r.at for r in requests) + delay_s - started,
-        verify_s=verify.duration_s,
+        verify_s=sum(s.duration_s for s in verify),
         regression_gates=len(regressions),
+        stacked_checks=sum(s.task_id == "_merge.1" for s in regressions),
         gates_s=sum(s.duration_s for s in gates),
         regression_s=sum(s.duration_s for s in regressions),
         sticky_timeouts=await workflow_task_timeouts(bench.client, summary),

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import CHEAP_GATES, EDIT, ROOT, Bench, git, progress, require_success, run_request
-from history import CATEGORIES, GATE_ACTIVITIES, activity_spans, histories, suite_runs, wall_shares
+from history import CATEGORIES, GATE_ACTIVITIES, activity_spans, histories, stacked_checks, suite_runs, wall_shares
 from plain import PlainRun, plain_script
 
 from darkfactory.contracts import Timeouts
@@ -271,6 +271,8 @@ class RealisticResult:
     full_suite_runs: int
     run_level_gates: int
     """`run_gates` in the run's own history: the merge queue's integration-suite runs and the final verification."""
+    stacked_checks: int
+    """Of those, the checks of batches stacked on one still being checked."""
     merge_queue: str
     notes: list[str] = field(default_factory=list)
 
@@ -362,6 +364,7 @@ async def measure(bench: Bench, s: RealisticSettings) -> RealisticResult:
         tests_runs=runs.tests,
         full_suite_runs=runs.full_suite,
         run_level_gates=sum(span.name == "run_gates" for span in activity_spans(events[0])),
+        stacked_checks=stacked_checks(events[0]),
         merge_queue=merge_queue_settings(),
         notes=notes,
     )
@@ -410,7 +413,8 @@ def render(r: RealisticResult, *, quick: bool, tier: str, load: float, date: str
         f"script: {r.plain.wall_s:.1f} s wall, {r.plain.cpu_s:.1f} s CPU (tests {r.plain.parts.get('tests', 0):.1f} s "
         f"wall over {s.tasks + 1} suite runs, lint {r.plain.parts.get('lint', 0):.1f} s, git "
         f"{r.plain.parts.get('git', 0):.1f} s). Run-level `run_gates` (merge queue integration suites and the final "
-        f"verification): {r.run_level_gates}. Merge queue: {r.merge_queue}. Settings: max_parallel={s.max_parallel}, "
+        f"verification): {r.run_level_gates}, {r.stacked_checks} of them of a batch stacked on one being checked. "
+        f"Merge queue: {r.merge_queue}. Settings: max_parallel={s.max_parallel}, "
         f"DARKFACTORY_MODEL_CONCURRENCY={s.max_parallel}, DARKFACTORY_MAX_CONCURRENT_ACTIVITIES={s.max_parallel}, gate "
         f"slots = cores, policy {CHEAP_GATES.strip()}, one `factory-worker` subprocess, the real Anthropic SDK against "
         "the local Messages API server.",

@@ -220,10 +220,10 @@ def render(
         f"Factory gate time by gate ({n} tasks + the integration verification): {gates}.",
         "",
         f"Parallel run: {par.calls} model calls, peak {par.peak_in_flight} in flight at the server; the last model "
-        f"answer went out at {par.last_answer_s:.1f} s; {par.regression_gates} merges re-ran the integration suite "
-        f"(other work had merged since the task branched); gate activities took {par.gates_s:.0f} s in all, "
-        f"{par.regression_s:.0f} s of it the merge queue's integration-suite runs (one at a time); final verification "
-        f"{par.verify_s:.1f} s.",
+        f"answer went out at {par.last_answer_s:.1f} s; the merge queue checked {par.regression_gates} batches' trees "
+        f"({par.stacked_checks} of them stacked on a batch still being checked); gate activities took "
+        f"{par.gates_s:.0f} s in all, {par.regression_s:.0f} s of it the merge queue's checks; final verification "
+        f"{par.verify_s:.1f} s (0: the queue's last check had passed on that very tree).",
         "",
         f"Crash run: kills at model requests {crashed.kill_points}; calls in flight at each kill {crashed.in_flight}; "
         f"{crashed.requests} requests for {crashed.distinct} distinct calls; recovery (kill → the new worker's next "

@@ -79,6 +79,17 @@ def test_every_importable_name_lives_under_darkfactory() -> None:
     assert offenders == []
 
 
+def test_the_cli_the_workflows_and_a_starting_worker_do_not_wait_for_the_model_sdk() -> None:
+    # Importing anthropic takes seconds: every `factory` command would pay it, and so would a worker that
+    # replaces a killed one before it can poll (the worker loads it in a thread beside its start).
+    probe = (
+        "import sys, darkfactory.starter, darkfactory.workflows, darkfactory.worker; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'anthropic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_workflow_code_does_no_io() -> None:
     forbidden_modules = {
         "subprocess",
