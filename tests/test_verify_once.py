@@ -96,6 +96,30 @@ async def run(
     return summary
 
 
+async def run_approving(
+    client: Client,
+    factory_home: Path,
+    demo_repo: Path,
+    transcript: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    approved: str,
+) -> RunState:
+    """A run with one attempt per task, in which a person approves `approved` once it escalates."""
+    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
+        handle,
+        _server,
+        _held,
+    ):
+        await until_task_state(handle, approved, {"escalated"})
+        run_id = (await handle.query(FactoryRunWorkflow.status)).run_id
+        await client.get_workflow_handle(task_workflow_id(run_id, approved)).signal(
+            "approve", DecisionInput(by="ana", note="known, ship it")
+        )
+        summary: RunState = await handle.result()
+        return summary
+
+
 def not_run_again(summary: RunState, where: str) -> bool:
     return bool(summary.final_gates) and all(
         g.passed and any(f"this very tree passed it in {where}" in n for n in g.notes) for g in summary.final_gates
@@ -278,16 +302,7 @@ async def test_after_a_change_approved_past_failing_tests_the_next_task_is_not_b
     }
     with_policy(demo_repo, AFFECTED)
     main_before = git(demo_repo, "rev-parse", "main")
-    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
-        handle,
-        _server,
-        _held,
-    ):
-        await until_task_state(handle, "add-broken", {"escalated"})
-        run_id = (await handle.query(FactoryRunWorkflow.status)).run_id
-        broken_task = client.get_workflow_handle(task_workflow_id(run_id, "add-broken"))
-        await broken_task.signal("approve", DecisionInput(by="ana", note="known, ship it"))
-        summary = await handle.result()
+    summary = await run_approving(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, "add-broken")
 
     states = {t.id: (t.state, t.attempts) for t in summary.tasks}
     assert states == {"add-broken": ("merged", 1), "add-after": ("merged", 1)}
@@ -315,16 +330,7 @@ async def test_after_a_change_approved_past_failing_types_the_next_task_is_not_b
         "tasks": {"add-typebad": [[turn(bad), done()]], "add-after": SHOUT},
     }
     with_policy(demo_repo, 'gates = ["scope", "secrets", "syntax", "lint", "types", "tests"]\n')
-    async with running(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, max_attempts=1) as (
-        handle,
-        _server,
-        _held,
-    ):
-        await until_task_state(handle, "add-typebad", {"escalated"})
-        run_id = (await handle.query(FactoryRunWorkflow.status)).run_id
-        typebad = client.get_workflow_handle(task_workflow_id(run_id, "add-typebad"))
-        await typebad.signal("approve", DecisionInput(by="ana", note="known"))
-        summary = await handle.result()
+    summary = await run_approving(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, "add-typebad")
 
     assert {t.id: (t.state, t.attempts) for t in summary.tasks} == {
         "add-typebad": ("merged", 1),
