@@ -90,7 +90,7 @@ async def run(
     policy: str = AFFECTED,
 ) -> RunState:
     with_policy(repo, policy)
-    async with running(client, home, repo, transcript, tmp_path, mp, max_parallel=3) as (handle, _server, _held):
+    async with running(client, home, repo, transcript, tmp_path, mp, max_parallel=4) as (handle, _server, _held):
         summary = await handle.result()
     assert summary.succeeded, summary.error
     return summary
@@ -177,27 +177,35 @@ async def test_a_task_whose_edited_tests_ran_as_the_base_has_them_gets_the_suite
     assert not_run_again(summary, "the merge queue's check of batch 1")
 
 
-async def test_tasks_ready_together_merge_as_one_batch_checked_once(
+def adds(name: str, expression: str, given: str, expected: str) -> list[list[dict[str, Any]]]:
+    """A task's one round: a module `textkit/<name>.py` with `<name>(text)` and its test."""
+    return [[turn(module(name, name, expression), module_test(name, name, given, expected)), done()]]
+
+
+async def test_four_tasks_ready_together_merge_as_one_batch_checked_once(
     client: Client, factory_home: Path, demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whisper = [
-        [turn(module("whisper", "whisper", "text.lower()"), module_test("whisper", "whisper", "HI", "hi")), done()]
-    ]
     transcript = {
-        "plan": plan(task("add-shout"), task("add-whisper")),
-        "tasks": {"add-shout": SHOUT, "add-whisper": whisper},
+        "plan": plan(task("add-shout"), task("add-whisper"), task("add-loud"), task("add-title")),
+        "tasks": {
+            "add-shout": SHOUT,
+            "add-whisper": adds("whisper", "text.lower()", "HI", "hi"),
+            "add-loud": adds("loud", "text.upper() + '!'", "hi", "HI!"),
+            "add-title": adds("title", "text.title()", "hi there", "Hi There"),
+        },
     }
     policy = AFFECTED + "wait_s = 300\n"  # the batch waits for every working task
     summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
 
-    # Both branched from the base and ran side by side: one batch, one check of the tree both made, no final
+    # All four branched from the base and ran side by side: one batch, one check of the tree they made, no final
     # verification of that same tree.
+    assert [t.state for t in summary.tasks] == ["merged"] * 4
     [check] = await gate_reports(client, run_workflow_id(summary.run_id))
     assert [r["gate"] for r in check["results"]] == ["secrets", "syntax", "lint", "tests"]
     assert await full_suites(client, summary) == 1
     assert not_run_again(summary, "the merge queue's check of batch 1")
     shas = {t.id: t.merged_sha for t in summary.tasks}
-    assert len(set(shas.values())) == 2  # each task names the commit that carries it
+    assert len(set(shas.values())) == 4  # each task names the commit that carries it
 
 
 STOPWORDS_TEST = (
@@ -215,17 +223,17 @@ async def test_a_red_batch_is_bisected_the_culprit_goes_back_and_the_others_merg
     (demo_repo / "tests" / "test_stopwords.py").write_text(STOPWORDS_TEST)
     drop_the = tool(EDIT, command="create", path="textkit/stopwords.txt", file_text="a\nan\n")
     loud = [module("loud", "loud", "text.upper() + '!'"), module_test("loud", "loud", "hi", "HI!")]
-    whisper = [module("whisper", "whisper", "text.lower()"), module_test("whisper", "whisper", "HI", "hi")]
     transcript = {
-        "plan": plan(task("add-shout"), task("add-loud"), task("add-whisper")),
+        "plan": plan(task("add-shout"), task("add-loud"), task("add-whisper"), task("add-title")),
         "tasks": {
             "add-shout": SHOUT,
             # Round 1 breaks the data file; told so by the merge queue, round 2 leaves it alone.
             "add-loud": [[turn(*loud, drop_the), done()], [turn(*loud), done()]],
-            "add-whisper": [[turn(*whisper), done()]],
+            "add-whisper": adds("whisper", "text.lower()", "HI", "hi"),
+            "add-title": adds("title", "text.title()", "hi there", "Hi There"),
         },
     }
-    policy = AFFECTED + "wait_s = 300\n"  # all three in one batch
+    policy = AFFECTED + "wait_s = 300\n"  # all four in one batch
     summary = await run(client, factory_home, demo_repo, transcript, tmp_path, monkeypatch, policy)
     if os.environ.get("DARKFACTORY_RECORD_HISTORIES"):
         await record_history(client, summary.run_id, "bisected_batch")
@@ -234,9 +242,10 @@ async def test_a_red_batch_is_bisected_the_culprit_goes_back_and_the_others_merg
         "add-shout": ("merged", 1),
         "add-loud": ("merged", 2),
         "add-whisper": ("merged", 1),
+        "add-title": ("merged", 1),
     }
     checks = await gate_reports(client, run_workflow_id(summary.run_id))
-    # The batch of three (red), at most two bisection steps, the other two again, the culprit's second round.
+    # The batch of four (red), at most two bisection steps, the two after the culprit again, its second round.
     assert 3 <= len(checks) <= 5
     assert not checks[0]["results"][-1]["passed"] and "test_the_is_a_stopword" in checks[0]["results"][-1]["feedback"]
     assert "the" in (demo_repo / "textkit" / "stopwords.txt").read_text().split()
