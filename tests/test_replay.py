@@ -14,9 +14,10 @@ the run's budget, approved to go on; then the run starts no new task), and
 `DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_run_status.py` (a run cancelled while its task waits for a
 person: the task tells the run what it spent and closes Canceled; and a run whose gated tasks wait for their
 merge and close `merged`), and
-`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_verify_once.py -k bisected` (three tasks merged as one batch,
-which goes red: bisected, the culprit sent back to a second round, the other two merged in the next batch;
-`bisected_batch_before_stacking` is the same run recorded before `patched("speculative-batches")`).
+`DARKFACTORY_RECORD_HISTORIES=1 pytest tests/test_verify_once.py -k bisected` (four tasks merged as one batch,
+which goes red: bisected, the task before the culprit kept, the culprit sent back to a second round, the two
+after it merged in the next batch; `bisected_batch_before_stacking` is the three-task version recorded before
+`patched("speculative-batches")` and `patched("types-against-run-base")`).
 """
 
 from __future__ import annotations
