@@ -195,6 +195,8 @@ class MergeQueue:
                     )
             while not self._may_start():  # the batch below went red meanwhile: wait for it to end
                 await workflow.wait_condition(self._may_start)
+            if self._broken is not None:  # a batch could not be merged meanwhile: the run fails, nothing starts
+                return
             if self._waiting[0].approved_past_a_failure:
                 tickets = self._waiting[:1]  # alone: the queue's check would only repeat the failure approved
             else:
