@@ -248,13 +248,7 @@ class _PytestGate:
         if baseline is not None and baseline.base_sha == self.ctx.base_sha:
             self.ledger.pre_existing.update({case.nodeid: case for case in unaffected})
             return []
-        failing_there = self._fails_on_base([self._original(case.nodeid) for case in unaffected], "base-check")
-        counted: list[Counted] = []
-        for case in unaffected:
-            if self._original(case.nodeid) in failing_there:
-                self.ledger.pre_existing[case.nodeid] = case
-            else:
-                counted.append(Counted(case, False, "passed on the commit your change started from"))
+        counted, _ = _failing_there_too(self, unaffected, "base-check", "passed on the commit your change started from")
         return counted
 
     # -- the witness -------------------------------------------------------------------------------
@@ -375,17 +369,27 @@ def _may_be_inherited(ctx: GateContext, affected: Affected, original: str) -> bo
     )
 
 
-def _inherited(gate: _PytestGate, cases: list[JUnitCase]) -> list[Counted]:
-    """Of those, the ones failing on the head too are not the merged changes' doing; the others count."""
-    if not cases:
-        return []
-    failing_there = gate._fails_on_base([gate._original(case.nodeid) for case in cases], "head-check")
+def _failing_there_too(
+    gate: _PytestGate, cases: list[JUnitCase], check: str, reason: str
+) -> tuple[list[Counted], set[str]]:
+    """Run `cases` on the commit `check` names: those failing there too are pre-existing, the others count (with
+    `reason`); also the original ids that failed there."""
+    failing_there = gate._fails_on_base([gate._original(case.nodeid) for case in cases], check)
     counted: list[Counted] = []
     for case in cases:
         if gate._original(case.nodeid) in failing_there:
             gate.ledger.pre_existing[case.nodeid] = case
         else:
-            counted.append(Counted(case, False, "passed on the base and on the head this change lands on"))
+            counted.append(Counted(case, False, reason))
+    return counted, failing_there
+
+
+def _inherited(gate: _PytestGate, cases: list[JUnitCase]) -> list[Counted]:
+    """Of those, the ones failing on the head too are not the merged changes' doing; the others count."""
+    if not cases:
+        return []
+    reason = "passed on the base and on the head this change lands on"
+    counted, failing_there = _failing_there_too(gate, cases, "head-check", reason)
     if failing_there:
         gate.ledger.notes.append(
             f"{len(failing_there)} test(s) fail on the head these changes land on too (a change approved past a "
