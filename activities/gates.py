@@ -145,36 +145,10 @@ class GateActivities:
 
     @activity.defn
     def run_gates(self, input: RunGatesInput) -> GateReport:
-        policy = input.policy
-        if not input.types_base_sha or input.types_base_sha == input.base_sha or "types" not in policy.gates:
-            return self._run_gates(input)
-        # In policy order, cheapest first, stopping at the first failure; the types gate alone is judged against
-        # the older base. The three parts share the activity's one deadline.
-        at = policy.gates.index("types")
-        parts = [
-            (policy.gates[:at], input.base_sha, "base"),
-            (["types"], input.types_base_sha, "runbase"),
-            (policy.gates[at + 1 :], input.base_sha, "base"),
-        ]
-        started = time.monotonic()
-        results: list[GateResult] = []
-        for gates, base_sha, base_name in parts:
-            if not gates:
-                continue
-            part = input.model_copy(update={"base_sha": base_sha, "policy": policy.model_copy(update={"gates": gates})})
-            report = self._run_gates(part, base_name, spent_s=time.monotonic() - started)
-            results.extend(report.results)
-            if not report.passed:
-                break
-        return GateReport(sha=input.sha, results=results)
-
-    def _run_gates(self, input: RunGatesInput, base_name: str = "base", spent_s: float = 0.0) -> GateReport:
         tick = heartbeat_ticker()
         root = self._settings.worktrees_dir / input.run_id
         worktree = workspace.ensure_worktree(input.repo_path, root / input.task_id, input.sha)
-        base_worktree = workspace.ensure_worktree(
-            input.repo_path, root / f"{input.task_id}.{base_name}", input.base_sha
-        )
+        base_worktree = workspace.ensure_worktree(input.repo_path, root / f"{input.task_id}.base", input.base_sha)
         changed = workspace.changed_paths(input.repo_path, input.base_sha, input.sha)
         policy = input.policy
         setup, test_command = _commands(input.config, policy)
@@ -187,32 +161,31 @@ class GateActivities:
             acceptance_dir = (
                 self._materialise_acceptance(input.acceptance_ref, Path(scratch)) if input.acceptance_ref else None
             )
-            report = run_gates(
-                GateContext(
-                    worktree=worktree,
-                    sha=input.sha,
-                    changed=changed,
-                    env=env,
-                    blobs=self._blobs,
-                    test_command=test_command,
-                    timeout_s=max(input.config.timeouts.gates_s - 60.0 - spent_s, 30.0),
-                    on_tick=tick,
-                    gates=[gate for gate in policy.gates if gate in GATES],
-                    repo_path=input.repo_path,
-                    base_sha=input.base_sha,
-                    policy=policy,
-                    task_type=input.task_type,
-                    base_worktree=base_worktree,
-                    acceptance_dir=acceptance_dir,
-                    secret_values=worker_secret_values(),
-                    scratch=Path(scratch) / "reports",
-                    purpose=input.purpose,
-                    baseline=self._baseline(input.baseline),
-                    trees_dir=root / f"{input.task_id}.trees",
-                    acceptance_selection=input.acceptance_selection,
-                    findings_cache=self._settings.home / "cache" / "base-findings",
-                )
+            ctx = GateContext(
+                worktree=worktree,
+                sha=input.sha,
+                changed=changed,
+                env=env,
+                blobs=self._blobs,
+                test_command=test_command,
+                timeout_s=max(input.config.timeouts.gates_s - 60.0, 30.0),
+                on_tick=tick,
+                gates=[gate for gate in policy.gates if gate in GATES],
+                repo_path=input.repo_path,
+                base_sha=input.base_sha,
+                policy=policy,
+                task_type=input.task_type,
+                base_worktree=base_worktree,
+                acceptance_dir=acceptance_dir,
+                secret_values=worker_secret_values(),
+                scratch=Path(scratch) / "reports",
+                purpose=input.purpose,
+                baseline=self._baseline(input.baseline),
+                trees_dir=root / f"{input.task_id}.trees",
+                acceptance_selection=input.acceptance_selection,
+                findings_cache=self._settings.home / "cache" / "base-findings",
             )
+            report = self._judged(ctx, input, root)
         report = _redacted(report)
         for result in report.results:
             log.info(
@@ -224,6 +197,39 @@ class GateActivities:
                 duration_s=result.duration_s,
             )
         return report
+
+    def _judged(self, ctx: GateContext, input: RunGatesInput, root: Path) -> GateReport:
+        """The gates in policy order, cheapest first, stopping at the first failure; with `types_base_sha`, the
+        types gate alone is judged against that older base (its changed files and its worktree), all within the
+        one deadline."""
+        older = input.types_base_sha
+        if not older or older == input.base_sha or "types" not in ctx.gates:
+            return run_gates(ctx)
+        at = ctx.gates.index("types")
+        types_ctx = dataclasses.replace(
+            ctx,
+            gates=["types"],
+            base_sha=older,
+            changed=workspace.changed_paths(input.repo_path, older, input.sha),
+            base_worktree=workspace.ensure_worktree(input.repo_path, root / f"{input.task_id}.runbase", older),
+        )
+        parts = [
+            dataclasses.replace(ctx, gates=ctx.gates[:at]),
+            types_ctx,
+            dataclasses.replace(ctx, gates=ctx.gates[at + 1 :]),
+        ]
+        started = time.monotonic()
+        results: list[GateResult] = []
+        for part in parts:
+            if not part.gates:
+                continue
+            report = run_gates(
+                dataclasses.replace(part, timeout_s=max(ctx.timeout_s - (time.monotonic() - started), 30.0))
+            )
+            results.extend(report.results)
+            if not report.passed:
+                break
+        return GateReport(sha=input.sha, results=results)
 
     def _one_commit(
         self,
